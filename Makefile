@@ -1,0 +1,42 @@
+# medflow — two set-up commands: `make demo` and `make test` (both create .venv/ first).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PY ?= python3.11
+# pip prints one 'Location ... is ignored' line per package on machines with a local mirror config
+QUIET_PIP := { grep -v "is ignored" || true; }
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+
+.PHONY: venv demo test bench lint typecheck clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/medflow demo --workspace $(or $(WORKSPACE),medflow-demo)
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+bench: venv
+	$(BIN)/python -m bench.run
+
+lint: venv
+	$(BIN)/ruff check medflow imaging storage tasks flows tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) medflow-demo

@@ -1,0 +1,60 @@
+"""Type aliases and option sets shared by the pure modules.
+
+One vocabulary everywhere: ``volume``, ``mask``, ``labels``, ``spacing``, ``affine``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias, Union
+
+import numpy as np
+import numpy.typing as npt
+
+try:  # dask is a hard dependency, but keep the alias usable for type checkers
+    import dask.array as da
+
+    ArrayLike: TypeAlias = Union[np.ndarray, da.Array]
+except ImportError:  # pragma: no cover
+    ArrayLike: TypeAlias = np.ndarray  # type: ignore[no-redef]
+
+FloatArray: TypeAlias = npt.NDArray[np.floating]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+IntArray: TypeAlias = npt.NDArray[np.integer]
+
+#: Voxel size in millimetres, in array-axis order.
+Spacing: TypeAlias = tuple[float, ...]
+#: 4x4 homogeneous matrix, array index -> patient LPS millimetres.
+Affine: TypeAlias = npt.NDArray[np.float64]
+
+Interpolation = Literal["nearest", "linear", "cubic"]
+BoundaryMode = Literal["constant", "nearest", "reflect", "mirror", "wrap"]
+"""Padding at the volume border (IBSI-2: zero=constant, nearest, periodic=wrap, mirror=reflect)."""
+Denoiser = Literal["none", "gaussian", "median", "bilateral", "nl_means", "anisotropic_diffusion"]
+Normalisation = Literal["none", "zscore", "percentile", "window", "suv"]
+Thresholding = Literal["otsu", "multi_otsu", "isocontour"]
+Connectivity = Literal[1, 2, 3]
+Discretisation = Literal["fbn", "fbs"]
+Classifier = Literal["svm", "random_forest", "logistic_regression", "decision_tree"]
+
+Stage = Literal["collection", "preprocessing", "processing", "analysis", "discovery", "report"]
+
+# --- IBSI-2 convolutional filters (imaging/filters, imaging/filter_spec.py) ---
+IBSIBoundary = Literal["zero", "nearest", "periodic", "mirror"]
+"""IBSI-2 boundary condition. NOTE: IBSI "mirror" (d c b a | a b c d) is scipy.ndimage mode ``reflect``
+and numpy.pad mode ``symmetric``; IBSI "periodic" is scipy ``wrap``; IBSI "zero" is scipy ``constant`` (cval 0)."""
+FilterType = Literal["mean", "log", "laws", "gabor", "wavelet"]
+FilterDimensions = Literal["2D", "3D"]
+"""2D: in-plane per slice (array axes 1 and 2); 3D: volumetric."""
+Pooling = Literal["max", "min", "average"]
+"""Pooling of the response maps of rotated filters (IBSI-2 rotation invariance)."""
+GaborResponse = Literal["modulus", "real", "imaginary"]
+EnhanceMethod = Literal["log", "gamma", "equalize", "clahe"]
+
+# --- classification and knowledge discovery (imaging/learn.py, imaging/discovery.py) ---
+CalibrationMethod = Literal["sigmoid", "isotonic"]
+"""Probability calibration (Platt sigmoid, or isotonic regression) via ``CalibratedClassifierCV``."""
+SimilarityMetric = Literal["euclidean", "manhattan", "cosine"]
+"""Distance between standardised case feature vectors for similar-case reasoning."""
+NeighbourWeights = Literal["uniform", "distance"]
+OutcomeKind = Literal["auto", "binary", "categorical", "continuous"]
+DiscoveryStatus = Literal["ok", "partial", "skipped"]

@@ -1,0 +1,135 @@
+"""Pydantic configuration models: the one place where medflow's scientific defaults live.
+
+The flow validates a :class:`PipelineConfig`; every stage task receives its own
+sub-model and passes the values to the pure functions as explicit keyword
+arguments. In the Prefect UI the pipeline deployment's parameters render as a
+form generated from these models.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectionConfig(_Model):
+    """Collection: scanning, guarding, de-identification and conversion of DICOM."""
+
+    max_pixel_bytes: int = Field(2 * 1024**3, gt=0, description="Largest decoded pixel payload accepted per file (bytes).")
+    max_inflated_bytes: int = Field(512 * 1024**2, gt=0, description="Cap on a deflated file's inflated size (bytes).")
+    file_timeout_s: float = Field(60.0, gt=0, description="Time bound for checking one file.")
+    file_memory_bytes: int = Field(4 * 1024**3, gt=0, description="Memory bound for checking one file.")
+    retain_longitudinal_modified_dates: bool = Field(True, description="PS3.15 option: shift dates consistently per patient.")
+    retain_patient_characteristics: bool = Field(False, description="PS3.15 option: keep sex, age, size, weight.")
+    clean_descriptors: bool = Field(True, description="PS3.15 option: keep descriptors only after cleaning.")
+    retain_safe_private: bool = Field(False, description="PS3.15 option: keep an allow-list of safe private tags.")
+    allow_burned_in: bool = Field(False, description="Accept images that may carry burned-in annotations (US, SC, XA...).")
+    chunk_mb: float = Field(32.0, gt=0, description="Target Zarr chunk size in MiB.")
+
+
+class PreprocessingConfig(_Model):
+    """Preprocessing: resampling, denoising and intensity normalisation."""
+
+    target_spacing_mm: tuple[float, float, float] | None = Field(
+        None, description="Resample to this voxel size (mm, slice/row/column order); null keeps the acquired grid.")
+    interpolation: Literal["nearest", "linear", "cubic"] = "linear"
+    mask_partial_volume: float = Field(0.5, ge=0.0, le=1.0, description="Threshold applied to interpolated masks.")
+    denoise: Literal["none", "gaussian", "median"] = "gaussian"
+    gaussian_sigma_mm: float = Field(1.0, gt=0)
+    median_size: int = Field(3, ge=1, description="Median window (voxels per axis, odd).")
+    normalisation: Literal["none", "zscore", "percentile", "window"] = "none"
+    window: tuple[float, float] = Field((-1000.0, 3000.0), description="(low, high) clip for normalisation='window'.")
+    percentiles: tuple[float, float] = Field((1.0, 99.0))
+
+    @field_validator("median_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"median_size must be odd, got {v}")
+        return v
+
+
+class ProcessingConfig(_Model):
+    """Processing: enhancement, automatic segmentation where no reference mask exists, detection."""
+
+    log_enhancement: bool = Field(True, description="Compute I' = log(I - min(I) + 1) before thresholding.")
+    threshold: Literal["otsu", "multi_otsu"] = "otsu"
+    histogram_bins: int = Field(256, ge=16)
+    opening_radius: int = Field(1, ge=0, description="Morphological opening radius (voxels) after thresholding.")
+    min_component_voxels: int = Field(50, ge=0, description="Connected components smaller than this are dropped.")
+    connectivity: Literal[1, 2, 3] = 1
+    keep_largest: int = Field(3, ge=1, description="Keep this many largest components as automatic ROIs.")
+    segment_when_reference_exists: bool = Field(
+        True, description="Also segment volumes that have a reference mask, to report Dice/HD95 against it.")
+
+
+class AnalysisConfig(_Model):
+    """Analysis: per-ROI quantitative features."""
+
+    preset: str | None = Field("ibsi-config-c", description="IBSI-1 feature preset (null: first-order + shape only).")
+    families: tuple[str, ...] | None = Field(None, description="Restrict to these feature families.")
+    max_workers: int = Field(2, ge=1, description="ROIs processed in parallel (threads).")
+
+
+class DiscoveryConfig(_Model):
+    """Knowledge discovery: case mining, similar cases, prediction, efficacy, decision support."""
+
+    label_column: str | None = Field("label", description="Clinical column holding the class label, if present.")
+    treatment_column: str | None = Field("treatment", description="Clinical column holding the treatment arm, if present.")
+    outcome_column: str | None = Field("outcome", description="Clinical column holding the outcome, if present.")
+    classifiers: tuple[Literal["svm", "random_forest", "logistic_regression", "decision_tree"], ...] = (
+        "decision_tree", "svm")
+    cv_folds: int = Field(5, ge=2)
+    n_similar: int = Field(3, ge=1)
+    random_state: int = 0
+
+
+class ComputeConfig(_Model):
+    """Where per-voxel work runs. Defaults: Dask's threaded scheduler on the local cores."""
+
+    dask_scheduler_address: str | None = Field(
+        None, description="A dask.distributed scheduler (tcp://host:8786); null uses the local threaded scheduler.")
+    dask_threads: int | None = Field(None, ge=1, description="Threads for the local scheduler (default: all cores).")
+    memory_budget_bytes: int = Field(4 * 1024**3, gt=0, description="Volumes larger than this are processed out of core.")
+
+
+class PipelineConfig(_Model):
+    """Everything one pipeline run needs. Paths are the only environment-specific values."""
+
+    source: str = Field(description="Folder of DICOM files (any depth, any file names).")
+    workspace: str = Field(description="Workspace folder (artifacts, catalog, cache records, reports).")
+    clinical: str | None = Field(None, description="Clinical case table (CSV or Parquet), optional.")
+    catalog_url: str | None = Field(
+        None, description="SQLAlchemy URL of the catalog; null uses WORKSPACE/catalog.sqlite.")
+    collection: CollectionConfig = CollectionConfig()
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    processing: ProcessingConfig = ProcessingConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    compute: ComputeConfig = ComputeConfig()
+
+
+def load_config(path: str | pathlib.Path | None, **overrides) -> PipelineConfig:
+    """Load a YAML config file (sections as in :class:`PipelineConfig`) and apply top-level overrides."""
+    data: dict = {}
+    if path is not None:
+        p = pathlib.Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file does not exist: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {p.name} must hold a mapping at the top level, got {type(loaded).__name__}")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return PipelineConfig.model_validate(data)
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

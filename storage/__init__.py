@@ -1,0 +1,1 @@
+"""The only package in medflow that touches files: DICOM, Zarr, NIfTI/NRRD, the catalog."""

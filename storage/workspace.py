@@ -1,0 +1,254 @@
+"""Workspace layout, content digests, atomic writes and artifact references.
+
+A workspace is a folder that holds everything one medflow project produces::
+
+    WORKSPACE/
+      artifacts/<stage>/<key[:2]>/<key>/...   content written once per cache key
+      catalog.sqlite                            default catalog (SQLAlchemy URL configurable)
+      results/                                  Prefect result records (cache records)
+      quarantine/                               one JSON record per rejected input
+      reports/                                  HTML reports
+      .tmp/                                     staging area for atomic writes
+
+Everything that refers to an artifact stores a path *relative to the workspace*
+plus the artifact's content digest, so the folder can be moved or copied and
+every reference and cache record stays valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+MANIFEST = ".medflow-manifest.json"
+_CHUNK = 1 << 20
+
+
+class ArtifactRef(BaseModel):
+    """A small, serialisable reference to an artifact inside a workspace.
+
+    ``uri`` is relative to the workspace root; ``digest`` is ``sha256:<hex>`` of the
+    content (for a folder: of its manifest of file digests). Only ``digest`` enters
+    cache keys; ``uri`` never does.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    uri: str
+    digest: str
+    meta: dict[str, Any] = {}
+
+    def path(self, workspace: str | os.PathLike) -> pathlib.Path:
+        return pathlib.Path(workspace) / self.uri
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(_CHUNK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) used for digests of parameters."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} for a digest")
+
+
+def folder_manifest(root: str | os.PathLike) -> dict[str, list]:
+    """Map each file's path (relative, POSIX) below ``root`` to ``[size, sha256]``; the manifest file is skipped."""
+    root = pathlib.Path(root)
+    out: dict[str, list] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = pathlib.Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if rel == MANIFEST:
+                continue
+            out[rel] = [p.stat().st_size, sha256_file(p)]
+    return out
+
+
+def manifest_digest(manifest: dict[str, list]) -> str:
+    return "sha256:" + sha256_bytes(canonical_json(manifest).encode())
+
+
+def digest_path(path: str | os.PathLike) -> str:
+    """Content digest of a file or a folder (``sha256:<hex>``)."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return manifest_digest(folder_manifest(p))
+    return "sha256:" + sha256_file(p)
+
+
+def verify_artifact(path: str | os.PathLike, digest: str, *, full: bool = False) -> bool:
+    """True when the artifact at ``path`` still matches ``digest``.
+
+    Folders carry the manifest written when they were staged: by default the file
+    list and sizes are checked against it (cheap); ``full=True`` re-hashes content.
+    """
+    p = pathlib.Path(path)
+    if not p.exists():
+        return False
+    if p.is_dir():
+        mpath = p / MANIFEST
+        if not mpath.is_file():
+            return False
+        try:
+            stored = json.loads(mpath.read_text())
+        except (OSError, ValueError):
+            return False
+        if manifest_digest(stored) != digest:
+            return False
+        if full:
+            return folder_manifest(p) == stored
+        for rel, (size, _sha) in stored.items():
+            f = p / rel
+            if not f.is_file() or f.stat().st_size != size:
+                return False
+        return True
+    if full:
+        return digest_path(p) == digest
+    return True
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def staging_dir(final: pathlib.Path) -> pathlib.Path:
+    """A fresh staging location on the same file system as ``final`` (so rename is atomic)."""
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent / f".{final.name}.staging-{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, *, suffix: str = "") -> Iterator[pathlib.Path]:
+    """Yield a temporary path to write a *file*; on success fsync and rename it to ``final``."""
+    final = pathlib.Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}{suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(final, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Yield a staging folder; on success write its manifest, fsync and rename it to ``final``.
+
+    If ``final`` already exists (another run wrote the same content-addressed
+    artifact), the staged copy is discarded and the existing one kept. A crash
+    leaves only a ``.staging-*`` folder, which is never read.
+    """
+    final = pathlib.Path(final)
+    stage = staging_dir(final)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        manifest = folder_manifest(stage)
+        (stage / MANIFEST).write_text(canonical_json(manifest))
+        for dirpath, _dirs, files in os.walk(stage):
+            for name in files:
+                with open(pathlib.Path(dirpath) / name, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if final.exists():
+            if verify_artifact(final, manifest_digest(manifest)):
+                shutil.rmtree(stage)
+                return
+            shutil.rmtree(final)  # a damaged earlier copy: replace it
+        os.replace(stage, final)
+        _fsync_dir(final.parent)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+class Workspace:
+    """Paths inside one workspace folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = pathlib.Path(root).expanduser().resolve()
+
+    def ensure(self) -> Workspace:
+        for sub in ("artifacts", "results", "quarantine", "reports", ".tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def results(self) -> pathlib.Path:
+        return self.root / "results"
+
+    @property
+    def quarantine(self) -> pathlib.Path:
+        return self.root / "quarantine"
+
+    @property
+    def reports(self) -> pathlib.Path:
+        return self.root / "reports"
+
+    def artifact_dir(self, stage: str, key: str) -> pathlib.Path:
+        """Where the artifacts of one cache key live: one place per key."""
+        return self.root / "artifacts" / stage / key[:2] / key
+
+    def relative(self, path: str | os.PathLike) -> str:
+        return pathlib.Path(path).resolve().relative_to(self.root).as_posix()
+
+    def ref(self, kind: str, path: str | os.PathLike, *, digest: str | None = None,
+            meta: dict[str, Any] | None = None) -> ArtifactRef:
+        p = pathlib.Path(path)
+        return ArtifactRef(kind=kind, uri=self.relative(p), digest=digest or digest_path(p), meta=meta or {})
+
+    def resolve(self, ref: ArtifactRef) -> pathlib.Path:
+        return self.root / ref.uri
