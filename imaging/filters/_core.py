@@ -93,13 +93,14 @@ def check_dimensions(dimensions: Any) -> int:
 def check_positive(name: str, value: Any, *, integer: bool = False, odd: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a {'positive integer' if integer else 'positive number'}, got {value!r}")
-    if integer and int(value) != value:
+    v = float(value)
+    if integer and (not np.isfinite(v) or int(v) != v):
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
+    if not np.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
-    if odd and int(value) % 2 == 0:
+    if odd and int(v) % 2 == 0:
         raise ValueError(f"{name} must be odd so that the filter is centred on the voxel, got {value!r}")
-    return int(value) if integer else float(value)
+    return int(v) if integer else v
 
 
 def check_pooling(pooling: Any, *, rotation_invariance: bool, name: str = "pooling") -> Pooling | None:
@@ -159,14 +160,13 @@ def run_stage(volume: ArrayLike, fn: BlockFn, *, radius: Sequence[int], boundary
             depth[ax] = 0
         else:
             depth[ax] = r
-    if whole:
-        volume = volume.rechunk(whole)
+    lazy: da.Array = volume.rechunk(whole) if whole else volume
 
     def _block(block: np.ndarray) -> np.ndarray:
         return np.asarray(fn(np.asarray(block, dtype=WORK_DTYPE)), dtype=out_dtype)
 
-    return volume.map_overlap(_block, depth=depth, boundary=DASK_BOUNDARY[boundary], dtype=out_dtype,
-                              meta=np.empty((0,) * volume.ndim, dtype=out_dtype))
+    return lazy.map_overlap(_block, depth=depth, boundary=DASK_BOUNDARY[boundary], dtype=out_dtype,
+                            meta=np.empty((0,) * lazy.ndim, dtype=out_dtype))
 
 
 def finish(volume: ArrayLike, dtype: np.dtype) -> ArrayLike:

@@ -130,7 +130,7 @@ def gabor_filter(volume: Any, *, spacing: Any, sigma_mm: float, lambda_mm: float
     multiple = bool(rotation_invariance) or nd == 3
     pool_kind = check_pooling(pooling, rotation_invariance=multiple)
     dt = check_dtype(dtype)
-    pad_mode = NUMPY_MODE[bnd]
+    pad_mode: Any = NUMPY_MODE[bnd]
     thetas = gabor_orientations(float(theta), step, response)
     planes = PLANES if nd == 3 else PLANES[:1]
 
@@ -152,7 +152,7 @@ def gabor_filter(volume: Any, *, spacing: Any, sigma_mm: float, lambda_mm: float
             pad = [(0, 0)] * 3
             pad[ay] = (ry, ry)
             pad[ax] = (rx, rx)
-            padded = np.pad(block, pad, mode=pad_mode) if pad_mode != "constant" else np.pad(block, pad)
+            padded = np.pad(block, pad, mode=pad_mode)
             shape = [1, 1, 1]
             shape[ay], shape[ax] = k.shape
             # kernel axes (y, x) go to (ay, ax); ay < ax in every plane
