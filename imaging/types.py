@@ -58,3 +58,10 @@ SimilarityMetric = Literal["euclidean", "manhattan", "cosine"]
 NeighbourWeights = Literal["uniform", "distance"]
 OutcomeKind = Literal["auto", "binary", "categorical", "continuous"]
 DiscoveryStatus = Literal["ok", "partial", "skipped"]
+
+# --- IBSI-1 feature extraction (imaging/features) ---
+FeatureFamily = Literal["morph", "loc", "stat", "ih", "ivh", "cm", "rlm", "szm", "dzm", "ngt", "ngl"]
+"""IBSI-1 feature families by their manual prefix (morphology, local intensity, statistics, intensity
+histogram, intensity-volume histogram, GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM)."""
+IvhDiscretisation = Literal["none", "fbs", "fbn"]
+TextureDimension = Literal["2d", "2.5d", "3d"]
