@@ -143,3 +143,14 @@ def test_slab_chunks() -> None:
     assert slab_chunks((300, 512, 512)) == (16, 512, 512)
     assert slab_chunks((2, 4, 4)) == (2, 4, 4)
     assert slab_chunks((10, 5000, 5000)) == (1, 5000, 5000)
+
+
+def test_docs_show_every_preset_verbatim() -> None:
+    """docs/filters.md carries one YAML example per IBSI-2 phase-1 test, identical to the shipped preset."""
+    from medflow.filter_cli import PRESETS_DIR
+
+    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "filters.md").read_text()
+    presets = sorted(PRESETS_DIR.glob("*.yaml"))
+    assert len(presets) >= 8
+    for p in presets:
+        assert f"### {p.stem}\n\n```yaml\n{p.read_text().rstrip()}\n```" in docs, p.name
