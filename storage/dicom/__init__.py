@@ -4,3 +4,114 @@ Raw DICOM headers never leave this package: what it hands to the rest of medflow
 are arrays, geometry and a whitelisted, PHI-free metadata dict (see
 :class:`storage.dicom.model.ConvertedVolume`).
 """
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from storage.dicom.model import ConvertedMask, ConvertedVolume, Rejection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from storage.dicom.guard import GuardLimits
+
+__all__ = ["CollectionResult", "collect_folder"]
+
+
+@dataclass
+class CollectionResult:
+    """Everything one folder produced.
+
+    ``rejections`` are files/series that should have become data and did not (quarantine);
+    ``routed`` are recognised non-image objects (SR, presentation states, RT dose/plan,
+    other) with reason ``non_image_object:<kind>`` — listed, not converted.
+    """
+
+    volumes: list[ConvertedVolume] = field(default_factory=list)
+    masks: list[ConvertedMask] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    routed: list[Rejection] = field(default_factory=list)
+    n_files: int = 0
+
+
+def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024**3, pet_units: str = "as_stored",
+                   guard_limits: GuardLimits | None = None, guard_workers: int = 2) -> CollectionResult:
+    """scan -> (guard) -> group -> convert images -> rasterise RTSTRUCT / SEG.
+
+    Parameters
+    ----------
+    root : path
+        Folder scanned recursively (any depth, any file names); files are opened read-only.
+    max_pixel_bytes : int
+        Cap on one object's decoded pixel bytes (checked from the header before decoding).
+    pet_units : {"as_stored", "suvbw"}
+        See :func:`storage.dicom.convert.convert_series`.
+    guard_limits : GuardLimits, optional
+        When given, :func:`storage.dicom.guard.guard_files` screens every file before
+        grouping (damaged/hostile files become rejections). ``None`` skips the guard (the
+        caller ran it already, or the input is trusted).
+    guard_workers : int
+        Worker processes for the guard's bounded decode.
+
+    Never raises for a bad file: problems are in ``rejections``.
+    """
+    import pydicom
+
+    from storage.dicom.convert import convert_series
+    from storage.dicom.rtstruct import rasterise_rtstruct
+    from storage.dicom.scan import scan
+    from storage.dicom.series import group_series
+
+    result = CollectionResult()
+    entries, rejections = scan(root)
+    result.n_files = len(entries) + len(rejections)
+    result.rejections.extend(rejections)
+    if guard_limits is not None and entries:
+        from storage.dicom.guard import guard_files
+
+        verdicts = guard_files([e.path for e in entries], limits=guard_limits, workers=guard_workers)
+        kept = []
+        for e in entries:
+            rej = verdicts.get(e.path)
+            if rej is None:
+                kept.append(e)
+            else:
+                result.rejections.append(rej)
+        entries = kept
+    groups = group_series(entries)
+    for g in groups:
+        if g.object_kind != "image":
+            continue
+        vols, rej = convert_series(g, max_pixel_bytes=max_pixel_bytes, pet_units=pet_units)  # type: ignore[arg-type]
+        for v in vols:  # identity links for pseudonymisation (in memory only)
+            v.patient_id, v.study_uid = g.patient_id, g.study_uid
+        result.volumes.extend(vols)
+        result.rejections.extend(rej)
+    for g in groups:
+        if g.object_kind in ("rtstruct", "seg"):
+            for e in g.files:
+                try:
+                    ds = pydicom.dcmread(e.path, force=True)
+                except Exception as exc:  # noqa: BLE001
+                    result.rejections.append(Rejection(e.sha256, "unreadable_file", "the file could not be read in full",
+                                                       type(exc).__name__))
+                    continue
+                try:
+                    if g.object_kind == "rtstruct":
+                        masks, rej = rasterise_rtstruct(ds, result.volumes, sha256=e.sha256)
+                    else:
+                        from storage.dicom.seg import convert_seg
+
+                        masks, rej = convert_seg(ds, result.volumes, sha256=e.sha256, max_pixel_bytes=max_pixel_bytes)
+                except Exception as exc:  # noqa: BLE001
+                    masks, rej = [], [Rejection(e.sha256, f"{g.object_kind}_failed",
+                                                f"the {g.object_kind} object could not be rasterised",
+                                                type(exc).__name__)]
+                result.masks.extend(masks)
+                result.rejections.extend(rej)
+        elif g.object_kind != "image":
+            result.routed.extend(Rejection(e.sha256, f"non_image_object:{g.object_kind}",
+                                           f"{g.object_kind} object recognised and routed, not converted")
+                                 for e in g.files)
+    return result

@@ -43,6 +43,7 @@ class Rejection:
     detail: str
     exception_type: str | None = None
     series_key: str | None = None  # pseudonymous key when known
+    size: int | None = None  # file size in bytes when known (lets quarantine.locate skip other files)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class ConvertedVolume:
     instance_uids: list[str] = field(default_factory=list)
     series_uid: str = ""
     frame_of_reference_uid: str | None = None
+    patient_id: str = ""  # PHI: in memory only, pseudonymised by the collection task
+    study_uid: str = ""  # in memory only, pseudonymised by the collection task
 
 
 @dataclass
