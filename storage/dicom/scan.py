@@ -1,0 +1,216 @@
+"""Find DICOM files under a folder, read their headers and classify them.
+
+Files are only ever opened read-only (``"rb"``). Headers are read with
+``stop_before_pixels=True`` so pixel data is never loaded here. A file whose header
+cannot be read becomes a :class:`~storage.dicom.model.Rejection` (never an exception).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from collections.abc import Iterator
+
+from storage.dicom.model import FileEntry, ObjectKind, Rejection
+
+__all__ = ["classify", "is_probably_dicom", "iter_files", "read_header", "scan", "sha256_file"]
+
+# SOP Class UIDs (PS3.4 Annex B.5) of objects that are not images to stack.
+_RTSTRUCT = {"1.2.840.10008.5.1.4.1.1.481.3"}
+_RTDOSE = {"1.2.840.10008.5.1.4.1.1.481.2"}
+_RTPLAN = {
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan
+    "1.2.840.10008.5.1.4.1.1.481.8",  # RT Ion Plan
+    "1.2.840.10008.5.1.4.1.1.481.4",  # RT Beams Treatment Record
+    "1.2.840.10008.5.1.4.1.1.481.6",  # RT Brachy Treatment Record
+    "1.2.840.10008.5.1.4.1.1.481.7",  # RT Treatment Summary Record
+    "1.2.840.10008.5.1.4.1.1.481.9",  # RT Ion Beams Treatment Record
+}
+_SEG = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}  # Segmentation, Label Map Segmentation
+_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # SR family incl. Key Object Selection (88.59)
+_PR_PREFIX = "1.2.840.10008.5.1.4.1.1.11."  # presentation states
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+_NON_IMAGE_STORAGE = {
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data
+    "1.2.840.10008.5.1.4.1.1.66.1",  # Spatial Registration
+    "1.2.840.10008.5.1.4.1.1.66.2",  # Spatial Fiducials
+    "1.2.840.10008.5.1.4.1.1.66.3",  # Deformable Spatial Registration
+    "1.2.840.10008.5.1.4.1.1.66.5",  # Surface Segmentation
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.104.2",  # Encapsulated CDA
+    "1.2.840.10008.5.1.4.1.1.104.3",  # Encapsulated STL
+}
+_WAVEFORM_PREFIX = "1.2.840.10008.5.1.4.1.1.9."
+
+_CHUNK = 1 << 20
+
+
+def iter_files(root: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
+    """Every regular file below ``root`` at any depth, with any name, in a stable order.
+
+    Symbolic links to directories are not followed (no cycles); hidden files are included.
+
+    Raises
+    ------
+    NotADirectoryError
+        If ``root`` is not a directory.
+    """
+    root_p = pathlib.Path(root)
+    if not root_p.is_dir():
+        raise NotADirectoryError(f"root must be a directory, got {str(root)!r}")
+    for dirpath, dirnames, filenames in os.walk(root_p, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = pathlib.Path(dirpath) / name
+            try:
+                if p.is_file():
+                    yield p
+            except OSError:  # pragma: no cover - unreadable entry
+                continue
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of the file's bytes (streamed, read-only)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_probably_dicom(path: str | os.PathLike[str]) -> bool:
+    """Cheap test: ``DICM`` at byte 128 (PS3.10 preamble), or a plausible first data element.
+
+    Preamble-less files (raw data sets, common in old archives) usually start with an
+    element of group 0x0002 or 0x0008 (little endian) or 0x0800 (big endian); those are
+    accepted here and verified by a forced header read later.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    group = head[:2]
+    return group in (b"\x02\x00", b"\x08\x00", b"\x00\x08", b"\x00\x02")
+
+
+def read_header(path: str | os.PathLike[str], *, defer_size: str | int | None = "64 KB"):
+    """Read a DICOM header without pixel data.
+
+    Files with the PS3.10 preamble are read normally; files without it are read with
+    ``force=True`` (and must then contain a SOP Class UID or image dimensions to count
+    as DICOM).
+
+    Parameters
+    ----------
+    path : path-like
+    defer_size : str or int or None
+        Elements larger than this are read lazily (pydicom ``defer_size``).
+
+    Returns
+    -------
+    pydicom.Dataset
+        Without ``PixelData``.
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError, OSError, ...
+        When the header is unreadable; :func:`scan` turns these into rejections.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, defer_size=defer_size)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=defer_size, force=True)
+        if "SOPClassUID" not in ds and not ("Rows" in ds and "Columns" in ds):
+            raise
+        return ds
+
+
+def classify(ds) -> ObjectKind:
+    """Object kind from the SOP Class UID (PS3.4 B.5).
+
+    ``image`` for every image storage class (CT, MR, PET, CR, DX, MG, US, SC, XA, NM,
+    enhanced multi-frame classes, RT Image...), ``rtstruct``, ``seg`` (binary/fractional
+    Segmentation, Label Map Segmentation), ``sr`` (Structured Reports incl. Key Object
+    Selection), ``presentation`` (presentation states), ``rtdose``, ``rtplan`` (plans and
+    treatment records), ``other`` (DICOMDIR, raw data, registrations, encapsulated
+    documents, waveforms, unknown classes without pixel geometry).
+    """
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if not sop:
+        meta = getattr(ds, "file_meta", None)
+        sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or "") if meta is not None else ""
+    if sop in _RTSTRUCT:
+        return "rtstruct"
+    if sop in _SEG:
+        return "seg"
+    if sop in _RTDOSE:
+        return "rtdose"
+    if sop in _RTPLAN:
+        return "rtplan"
+    if sop.startswith(_SR_PREFIX):
+        return "sr"
+    if sop.startswith(_PR_PREFIX):
+        return "presentation"
+    if sop == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return "other"
+    if sop in _NON_IMAGE_STORAGE or sop.startswith(_WAVEFORM_PREFIX):
+        return "other"
+    if "Rows" in ds and "Columns" in ds:
+        return "image"
+    return "other"
+
+
+def scan(root: str | os.PathLike[str]) -> tuple[list[FileEntry], list[Rejection]]:
+    """Read the header of every file under ``root``.
+
+    Returns
+    -------
+    entries : list of FileEntry
+        One per readable DICOM file (any object kind; DICOMDIR index files are
+        rejected with reason ``"dicomdir"`` as they hold no image).
+    rejections : list of Rejection
+        ``"not_dicom"`` (no preamble and no plausible data element, or a forced read
+        found no DICOM content), ``"unreadable_header"`` (pydicom raised),
+        ``"io_error"`` (the file could not be opened), ``"dicomdir"``.
+    """
+    entries: list[FileEntry] = []
+    rejections: list[Rejection] = []
+    for path in iter_files(root):
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            rejections.append(Rejection("", "io_error", "file could not be read", type(exc).__name__))
+            continue
+        if not is_probably_dicom(path):
+            rejections.append(Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element"))
+            continue
+        try:
+            ds = read_header(path)
+        except RecursionError as exc:
+            rejections.append(Rejection(digest, "unreadable_header", "header nested too deeply", type(exc).__name__))
+            continue
+        except Exception as exc:  # noqa: BLE001 - any parser failure is a rejection
+            reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
+            rejections.append(Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__))
+            continue
+        try:
+            kind = classify(ds)
+            is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
+        except Exception as exc:  # noqa: BLE001
+            rejections.append(Rejection(digest, "unreadable_header", "header elements could not be decoded",
+                                        type(exc).__name__))
+            continue
+        if is_dir:
+            rejections.append(Rejection(digest, "dicomdir", "DICOMDIR index file (no image)"))
+            continue
+        entries.append(FileEntry(path=path, sha256=digest, dataset=ds, object_kind=kind))
+    return entries, rejections

@@ -1,0 +1,308 @@
+"""Group scanned files into series, and split a series into geometrically consistent volumes.
+
+A DICOM series (one SeriesInstanceUID) may hold several volumes: echoes, b-values,
+different orientations (localizers), image types, repeated slice positions (time
+points). :func:`split_volumes` turns one :class:`SeriesGroup` into
+:class:`VolumePlan` s, each of which stacks into one array:
+
+* ``"3d"``: single-frame files at distinct positions along the slice normal;
+* ``"4d"``: the same grid repeated over time (files at every position repeat the same
+  number of times), ordered by AcquisitionNumber / TemporalPositionIdentifier /
+  InstanceNumber / TriggerTime;
+* ``"mosaic"``: Siemens mosaic files (one 3-D volume per file; several files of the same
+  geometry form a 4-D series);
+* ``"multiframe"``: one multi-frame file (its frames are split into stacks by
+  :mod:`storage.dicom.convert`);
+* ``"2d"``: a single projection / secondary-capture / ultrasound image without a 3-D
+  position (one file each).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imaging.geometry import position_along_normal, slice_normal
+from storage.dicom.model import FileEntry, Rejection, SeriesGroup
+
+__all__ = ["VolumePlan", "group_series", "split_volumes", "is_mosaic", "number_of_frames"]
+
+_POS_TOL_MM = 0.01
+
+
+@dataclass
+class VolumePlan:
+    """Files that stack into one array.
+
+    ``entries`` is in stack order (3-D: along the slice normal); for ``"4d"``,
+    ``time_groups[t]`` lists the files of time point ``t`` in slice order and ``entries``
+    is their concatenation. ``key`` holds PHI-free facts that distinguish this volume
+    from its siblings (echo number, image type, b-value, ...).
+    """
+
+    entries: list[FileEntry]
+    kind: str  # "3d" | "4d" | "mosaic" | "multiframe" | "2d"
+    key: dict[str, Any] = field(default_factory=dict)
+    time_groups: list[list[FileEntry]] = field(default_factory=list)
+    positions: list[float] = field(default_factory=list)  # along the normal, stack order (3d/4d)
+
+
+def _s(ds, name: str, default: str = "") -> str:
+    v = ds.get(name, default)
+    return default if v is None else str(v)
+
+
+def group_series(entries: list[FileEntry]) -> list[SeriesGroup]:
+    """Group files by SeriesInstanceUID (and object kind).
+
+    Non-image objects (RTSTRUCT, SEG, SR, presentation states, RT dose/plan, other) form
+    their own groups, keyed by (series UID, kind). Files without a SeriesInstanceUID
+    each form a group of their own. Groups come back in a stable order (by the first
+    file's path).
+    """
+    groups: dict[tuple[str, str], SeriesGroup] = {}
+    order: list[tuple[str, str]] = []
+    for e in entries:
+        ds = e.dataset
+        suid = _s(ds, "SeriesInstanceUID")
+        key = (suid or f"no-series-uid:{e.sha256}", e.object_kind)
+        g = groups.get(key)
+        if g is None:
+            for_uid = _s(ds, "FrameOfReferenceUID") or None
+            g = SeriesGroup(series_uid=suid, study_uid=_s(ds, "StudyInstanceUID"), patient_id=_s(ds, "PatientID"),
+                            frame_of_reference_uid=for_uid, modality=_s(ds, "Modality"), files=[],
+                            object_kind=e.object_kind)
+            groups[key] = g
+            order.append(key)
+        elif g.frame_of_reference_uid is None:
+            g.frame_of_reference_uid = _s(ds, "FrameOfReferenceUID") or None
+        g.files.append(e)
+    out = [groups[k] for k in order]
+    for g in out:
+        g.files.sort(key=lambda f: str(f.path))
+    out.sort(key=lambda g: str(g.files[0].path) if g.files else "")
+    return out
+
+
+def number_of_frames(ds) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def is_mosaic(ds) -> bool:
+    """Siemens mosaic: ImageType contains MOSAIC (or the private NumberOfImagesInMosaic is set)."""
+    it = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "MOSAIC" in it:
+        return True
+    return False
+
+
+def _floats(v, n: int | None = None) -> tuple[float, ...] | None:
+    """Numbers of a (multi-valued) element as floats, or None when absent/invalid/wrong length."""
+    if v is None or v == "":
+        return None
+    try:
+        seq = [v] if isinstance(v, str | bytes) or not hasattr(v, "__iter__") else list(v)
+        vals = tuple(float(x) for x in seq)
+    except (TypeError, ValueError):
+        return None
+    if n is not None and len(vals) != n:
+        return None
+    if not all(np.isfinite(vals)):
+        return None
+    return vals
+
+
+def _num(ds, name: str) -> float | None:
+    v = ds.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        if hasattr(v, "__iter__") and not isinstance(v, str):
+            v = list(v)[0]
+        return float(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _time_key(e: FileEntry) -> tuple[float, float, float, float]:
+    ds = e.dataset
+    vals = []
+    for name in ("AcquisitionNumber", "TemporalPositionIdentifier", "InstanceNumber", "TriggerTime"):
+        v = _num(ds, name)
+        vals.append(v if v is not None else 0.0)
+    return tuple(vals)  # type: ignore[return-value]
+
+
+def _split_key(ds) -> tuple:
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    iop_r = tuple(round(v, 4) + 0.0 for v in iop) if iop else None
+    ps = _floats(ds.get("PixelSpacing"), 2)
+    ps_r = tuple(round(v, 5) for v in ps) if ps else None
+    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
+    echo = _num(ds, "EchoNumbers")
+    bval = _num(ds, "DiffusionBValue")
+    grad = _floats(ds.get("DiffusionGradientOrientation"), 3)
+    grad_r = tuple(round(v, 4) for v in grad) if grad else None
+    return (iop_r, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), ps_r, image_type, echo, bval, grad_r,
+            int(ds.get("SamplesPerPixel", 1) or 1), _s(ds, "PhotometricInterpretation"),
+            int(ds.get("BitsAllocated", 0) or 0), is_mosaic(ds))
+
+
+def _key_meta(key: tuple) -> dict[str, Any]:
+    iop, rows, cols, ps, image_type, echo, bval, grad, spp, phot, bits, mosaic = key
+    meta: dict[str, Any] = {"image_type": list(image_type)}
+    if echo is not None:
+        meta["echo_number"] = int(echo)
+    if bval is not None:
+        meta["diffusion_b_value"] = float(bval)
+    if grad is not None:
+        meta["diffusion_gradient"] = list(grad)
+    return meta
+
+
+def _cluster_positions(d: np.ndarray, tol: float = _POS_TOL_MM) -> np.ndarray:
+    """Integer cluster label per position (positions within ``tol`` mm share a label), ordered."""
+    order = np.argsort(d, kind="stable")
+    labels = np.empty(d.size, dtype=np.int64)
+    lab = 0
+    prev = None
+    for idx in order:
+        if prev is not None and d[idx] - prev > tol:
+            lab += 1
+        labels[idx] = lab
+        prev = d[idx]
+    return labels
+
+
+def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]]:
+    """Split one image series into volumes that are each geometrically consistent.
+
+    Returns
+    -------
+    plans : list of VolumePlan
+        In a stable order (by partition, then time/acquisition).
+    rejections : list of Rejection
+        Files that fit no volume: ``duplicate_instance_conflict`` (same SOPInstanceUID,
+        different bytes), ``duplicate_slice_positions`` (repeated positions that do not form
+        complete time points), ``missing_geometry`` (no usable IOP/IPP where a 3-D stack was
+        expected).
+    """
+    rejections: list[Rejection] = []
+    # 1. exact duplicates (same SOPInstanceUID): keep one copy; conflicting bytes are rejected
+    seen: dict[str, FileEntry] = {}
+    files: list[FileEntry] = []
+    for e in group.files:
+        uid = _s(e.dataset, "SOPInstanceUID")
+        if uid and uid in seen:
+            if seen[uid].sha256 != e.sha256:
+                rejections.append(Rejection(e.sha256, "duplicate_instance_conflict",
+                                            "two files share a SOP Instance UID with different content"))
+            continue
+        if uid:
+            seen[uid] = e
+        files.append(e)
+
+    plans: list[VolumePlan] = []
+    partitions: dict[tuple, list[FileEntry]] = defaultdict(list)
+    for e in files:
+        ds = e.dataset
+        if number_of_frames(ds) > 1 and not is_mosaic(ds):
+            plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
+            continue
+        has_geom = _floats(ds.get("ImageOrientationPatient"), 6) is not None and \
+            _floats(ds.get("ImagePositionPatient"), 3) is not None
+        if not has_geom:
+            plans.append(VolumePlan([e], "2d", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
+            continue
+        partitions[_split_key(ds)].append(e)
+
+    for key, part in partitions.items():
+        meta = _key_meta(key)
+        iop = key[0]
+        try:
+            normal = slice_normal(iop)
+        except ValueError:
+            for e in part:
+                rejections.append(Rejection(e.sha256, "missing_geometry", "ImageOrientationPatient is degenerate"))
+            continue
+        if key[-1]:  # mosaic
+            plans.extend(_plan_mosaics(part, normal, meta))
+            continue
+        plans.extend(_plan_stack(part, normal, meta, rejections))
+    return plans, rejections
+
+
+def _positions(part: list[FileEntry], normal: np.ndarray) -> np.ndarray:
+    ipp = np.array([_floats(e.dataset.get("ImagePositionPatient"), 3) for e in part], dtype=np.float64)
+    return position_along_normal(ipp, normal)
+
+
+def _plan_mosaics(part: list[FileEntry], normal: np.ndarray, meta: dict[str, Any]) -> list[VolumePlan]:
+    d = _positions(part, normal)
+    labels = _cluster_positions(d)
+    out: list[VolumePlan] = []
+    for lab in np.unique(labels):
+        members = sorted((part[i] for i in np.flatnonzero(labels == lab)), key=_time_key)
+        if len(members) == 1:
+            out.append(VolumePlan(members, "mosaic", dict(meta)))
+        else:
+            out.append(VolumePlan(members, "mosaic", dict(meta), time_groups=[[m] for m in members]))
+    return out
+
+
+def _plan_stack(part: list[FileEntry], normal: np.ndarray, meta: dict[str, Any],
+                rejections: list[Rejection]) -> list[VolumePlan]:
+    d = _positions(part, normal)
+    labels = _cluster_positions(d)
+    n_pos = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=n_pos)
+    if np.all(counts == 1):
+        order = np.argsort(d, kind="stable")
+        return [VolumePlan([part[i] for i in order], "3d", dict(meta), positions=[float(d[i]) for i in order])]
+    if np.all(counts == counts[0]):
+        n_t = int(counts[0])
+        by_pos: list[list[int]] = [[] for _ in range(n_pos)]
+        for i, lab in enumerate(labels):
+            by_pos[lab].append(i)
+        for lst in by_pos:
+            lst.sort(key=lambda i: _time_key(part[i]))
+        pos_order = sorted(range(n_pos), key=lambda p: float(np.mean(d[by_pos[p]])))
+        time_groups = [[part[by_pos[p][t]] for p in pos_order] for t in range(n_t)]
+        entries = [e for tg in time_groups for e in tg]
+        positions = [float(np.mean(d[by_pos[p]])) for p in pos_order]
+        return [VolumePlan(entries, "4d", dict(meta, n_time_points=n_t), time_groups=time_groups,
+                           positions=positions)]
+    # unequal repeats: try to separate acquisitions (AcquisitionNumber / TemporalPositionIdentifier)
+    for name in ("AcquisitionNumber", "TemporalPositionIdentifier", "TriggerTime", "EchoTime"):
+        vals = [_num(e.dataset, name) for e in part]
+        if any(v is None for v in vals) or len(set(vals)) < 2:
+            continue
+        sub: dict[float, list[FileEntry]] = defaultdict(list)
+        for e, v in zip(part, vals, strict=True):
+            sub[v].append(e)  # type: ignore[index]
+        if all(np.all(np.bincount(_cluster_positions(_positions(s, normal))) == 1) for s in sub.values()):
+            out = []
+            for v in sorted(sub):
+                s = sub[v]
+                ds_ = _positions(s, normal)
+                order = np.argsort(ds_, kind="stable")
+                out.append(VolumePlan([s[i] for i in order], "3d", dict(meta, split_by=name),
+                                      positions=[float(ds_[i]) for i in order]))
+            return out
+    # keep the first file (by time key) at each position; reject the rest
+    keep: list[int] = []
+    for lab in range(n_pos):
+        idx = sorted(np.flatnonzero(labels == lab), key=lambda i: _time_key(part[i]))
+        keep.append(idx[0])
+        for i in idx[1:]:
+            rejections.append(Rejection(part[i].sha256, "duplicate_slice_positions",
+                                        "slice position repeated without forming complete time points"))
+    order = sorted(keep, key=lambda i: d[i])
+    return [VolumePlan([part[i] for i in order], "3d", dict(meta, duplicates_dropped=int(len(part) - len(keep))),
+                       positions=[float(d[i]) for i in order])]
