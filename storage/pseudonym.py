@@ -119,7 +119,7 @@ class PseudonymKeys:
         return cls(_read_or_create_secret_file(default_secret_path(env)))
 
     def __repr__(self) -> str:  # never shows the secret
-        return f"PseudonymKeys(key_id={self.key_id!r})"
+        return f"PseudonymKeys(key_id={self.key_id()!r})"
 
     # -- primitives ----------------------------------------------------------------
     def _mac(self, domain: str, value: str) -> bytes:
@@ -132,7 +132,6 @@ class PseudonymKeys:
         return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"medflow-hkdf-v1",
                     info=purpose.encode()).derive(self._secret)
 
-    @property
     def key_id(self) -> str:
         """A short public fingerprint of the secret (lets the vault detect a different key)."""
         return self._mac("key-id", "medflow").hex()[:12]

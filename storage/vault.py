@@ -96,10 +96,10 @@ class Vault:
             raise VaultError(f"{self.path} is not a medflow vault (bad header)") from exc
         if header.get("format") != _FORMAT or header.get("version") != _VERSION:
             raise VaultError(f"{self.path} is not a medflow vault of version {_VERSION}")
-        if header.get("key_id") != self._keys.key_id:
+        if header.get("key_id") != self._keys.key_id():
             raise VaultError(
                 f"{self.path} was written with a different secret key (key id {header.get('key_id')}, "
-                f"current {self._keys.key_id}); set MEDFLOW_SECRET_KEY to the key that made it"
+                f"current {self._keys.key_id()}); set MEDFLOW_SECRET_KEY to the key that made it"
             )
         try:
             data = json.loads(self._fernet.decrypt(token.strip()))
@@ -109,7 +109,7 @@ class Vault:
         return data
 
     def _write(self, data: dict[str, dict[str, str]]) -> None:
-        header = json.dumps({"format": _FORMAT, "version": _VERSION, "key_id": self._keys.key_id}).encode()
+        header = json.dumps({"format": _FORMAT, "version": _VERSION, "key_id": self._keys.key_id()}).encode()
         token = self._fernet.encrypt(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
         write_bytes_atomic(self.path, header + b"\n" + token + b"\n")
         os.chmod(self.path, 0o600)

@@ -80,7 +80,15 @@ def _quarantine_store(workspace):
         from storage.quarantine import QuarantineStore  # written by another engineer
     except ImportError:
         return None
-    return QuarantineStore(Workspace(workspace) if not isinstance(workspace, Workspace) else workspace)
+    return QuarantineStore(workspace.root if isinstance(workspace, Workspace) else workspace)
+
+
+def _known_reasons() -> frozenset[str]:
+    try:
+        from storage.dicom.guard import REASON_CODES
+    except ImportError:
+        return frozenset()
+    return frozenset(REASON_CODES)
 
 
 def _iter_files(root: pathlib.Path):
@@ -91,7 +99,7 @@ def _iter_files(root: pathlib.Path):
 
 
 def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, keys: PseudonymKeys,
-                      workspace=None) -> DeidReport:
+                      workspace=None, run_id: str | None = None) -> DeidReport:
     """De-identify every DICOM file below ``in_dir`` into ``out_dir`` (see module docstring).
 
     Parameters
@@ -102,6 +110,8 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
     keys : PseudonymKeys
     workspace : path-like or Workspace, optional
         When given: rejections go to its quarantine and pseudonyms to its vault.
+    run_id : str, optional
+        Passed to the quarantine store (counts distinct runs that rejected a file).
 
     Returns
     -------
@@ -111,6 +121,7 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
     src, dst = check_dirs(in_dir, out_dir)
     report = DeidReport()
     store = _quarantine_store(workspace)
+    known = _known_reasons()
     mappings: dict[str, dict[str, str]] = {"patient": {}, "study": {}, "series": {}}
     for path in _iter_files(src):
         if path.name.startswith("."):
@@ -126,14 +137,15 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
             report.n_not_dicom += 1
             continue
         except Exception as exc:  # damaged file: record type only, never the message (may echo values)
-            _reject(report, store, Rejection(sha256=digest, reason="unreadable",
-                                             detail="pydicom could not read the file",
-                                             exception_type=type(exc).__name__))
+            _reject(report, store, known, run_id, Rejection(
+                sha256=digest, reason="malformed_structure", detail="pydicom could not parse the file",
+                exception_type=type(exc).__name__, size=path.stat().st_size))
             continue
         try:
             out = deidentify_dataset(ds, options=options, keys=keys, sha256=digest)
         except DeidRejected as exc:
-            _reject(report, store, exc.rejection)
+            exc.rejection.size = path.stat().st_size
+            _reject(report, store, known, run_id, exc.rejection)
             continue
         identity = patient_identity(ds)
         study_uid = str(ds.get("StudyInstanceUID", "") or "")
@@ -159,9 +171,11 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
     return report
 
 
-def _reject(report: DeidReport, store, rejection: Rejection) -> None:
+def _reject(report: DeidReport, store, known: frozenset[str], run_id: str | None,
+            rejection: Rejection) -> None:
     report.n_rejected += 1
     report.rejections.append(rejection)
-    if store is not None:
-        store.add(rejection)
+    # the quarantine accepts only the guard's reason codes; others stay in the report only
+    if store is not None and rejection.reason in known:
+        store.add(rejection, run_id=run_id)
         report.quarantined += 1
