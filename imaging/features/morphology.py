@@ -59,6 +59,12 @@ def ellipsoid_area(a: float, b: float, c: float, degree: int = 20) -> float:
     with ``alpha = sqrt(1 - b^2/a^2)``, ``beta = sqrt(1 - c^2/a^2)``; evaluated in the
     expanded form ``sum_k c_k ((alpha^2+beta^2)/2)^k (alpha beta)^(nu-k)`` so that a
     sphere (alpha = beta = 0) is exact.
+
+    This is the series exactly as the manual prints it (RDD2); it reproduces the
+    IBSI consensus value of the digital phantom. It is exact for spheres but not
+    the true area of other ellipsoids (Legendre's series has
+    ``alpha = sqrt(1 - c^2/a^2)``, ``beta = sqrt(1 - c^2/b^2)``); e.g. a 5-2-2 mm
+    prolate spheroid gets 80.0 mm^2 instead of 104.6 mm^2.
     """
     if a <= 0:
         return 0.0
