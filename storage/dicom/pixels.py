@@ -87,14 +87,29 @@ def read_full(path: str | os.PathLike[str], *, defer_size: str | int | None = "1
     """Read a whole dataset (read-only), with large values (Pixel Data) deferred.
 
     The deferred Pixel Data is read only when accessed, so its declared length can be
-    checked first (:func:`check_pixel_data`).
+    checked first (:func:`check_pixel_data`). For a preamble-less file without a Transfer
+    Syntax UID, the syntax pydicom detected while reading is recorded in ``file_meta``
+    (implicit/explicit VR, little/big endian) so the pixels can be decoded.
     """
     import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        return pydicom.dcmread(path, defer_size=defer_size)
-    except pydicom.errors.InvalidDicomError:
-        return pydicom.dcmread(path, defer_size=defer_size, force=True)
+        ds = pydicom.dcmread(path, defer_size=defer_size)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, defer_size=defer_size, force=True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if implicit is None or little is None:
+            implicit, little = True, True
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
 
 
 def _raw_pixel_length(ds) -> int | None:
@@ -143,7 +158,10 @@ def check_pixel_data(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> i
     ts = _transfer_syntax(ds)
     if not ts.is_encapsulated:
         actual = _raw_pixel_length(ds)
-        if actual is not None and not (actual == expected or actual == expected + (expected % 2)):
+        frames = max(1, _int(ds, "NumberOfFrames", 1))
+        frame_bytes = max(1, expected // frames)
+        # tolerated: the even-padding byte, and trailing padding shorter than one frame (as the guard)
+        if actual is not None and not (expected <= actual < expected + max(2, frame_bytes)):
             raise PixelDataError("pixel_length_mismatch",
                                  f"native Pixel Data holds {actual} bytes, the header implies {expected}")
     return expected
@@ -217,6 +235,8 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
         raise PixelDataError("pixel_decode_failed",
                              f"decoded {arr.size} values, the header declares {int(np.prod(want))}")
     arr = arr.reshape(want)
+    if not arr.dtype.isnative:  # big-endian data: hand out native byte order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if "PixelData" in ds and arr.dtype.kind in "iu":
         arr = correct_unused_bits(arr, bits_stored=_int(ds, "BitsStored", arr.dtype.itemsize * 8),
                                   pixel_representation=_int(ds, "PixelRepresentation", 0))
