@@ -27,8 +27,11 @@ def _check_volume(volume: Any, *, ndim: int | None = None) -> ArrayLike:
         raise ValueError(f"volume must be a {ndim}-D array, got ndim={volume.ndim}")
     if volume.size == 0:
         raise ValueError(f"volume must not be empty, got shape {tuple(volume.shape)!r}")
-    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)
-            or volume.dtype == np.bool_):
+    if not (
+        np.issubdtype(volume.dtype, np.integer)
+        or np.issubdtype(volume.dtype, np.floating)
+        or volume.dtype == np.bool_
+    ):
         raise TypeError(f"volume must have a real numeric dtype, got {volume.dtype!r}")
     return volume
 
@@ -45,7 +48,9 @@ def _check_mask(mask: Any, volume: ArrayLike) -> ArrayLike | None:
         return None
     m = mask if isinstance(mask, da.Array) else np.asarray(mask)
     if m.shape != volume.shape:
-        raise ValueError(f"mask must have the shape of volume {tuple(volume.shape)!r}, got {tuple(m.shape)!r}")
+        raise ValueError(
+            f"mask must have the shape of volume {tuple(volume.shape)!r}, got {tuple(m.shape)!r}"
+        )
     if m.dtype != np.bool_:
         raise TypeError(f"mask must be a boolean array, got dtype {m.dtype!r}")
     if isinstance(volume, da.Array) and not isinstance(m, da.Array):
@@ -120,8 +125,13 @@ def log_transform(volume: Any, *, dtype: npt.DTypeLike = np.float32) -> ArrayLik
     return _map(vol, _fn, dt)
 
 
-def gamma_correction(volume: Any, *, gamma: float, in_range: tuple[float, float] | None = None,
-                     dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def gamma_correction(
+    volume: Any,
+    *,
+    gamma: float,
+    in_range: tuple[float, float] | None = None,
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Power-law (gamma) correction on the intensity window ``in_range``, keeping that window's scale.
 
     ``out = lo + (hi - lo) * ((clip(I, lo, hi) - lo) / (hi - lo)) ** gamma``; ``(lo, hi)`` is ``in_range``
@@ -140,8 +150,12 @@ def gamma_correction(volume: Any, *, gamma: float, in_range: tuple[float, float]
     out : same array type and shape as ``volume``, values in ``[lo, hi]``.
     """
     vol = _check_volume(volume)
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float | np.integer | np.floating) \
-            or not np.isfinite(gamma) or gamma <= 0:
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, int | float | np.integer | np.floating)
+        or not np.isfinite(gamma)
+        or gamma <= 0
+    ):
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
     dt = _check_float_dtype(dtype)
     lo, hi = _check_range(in_range, vol)
@@ -163,8 +177,9 @@ def gamma_correction(volume: Any, *, gamma: float, in_range: tuple[float, float]
     return _map(vol, _fn, dt)
 
 
-def equalize_histogram(volume: Any, *, nbins: int = 256, mask: Any = None,
-                       dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def equalize_histogram(
+    volume: Any, *, nbins: int = 256, mask: Any = None, dtype: npt.DTypeLike = np.float32
+) -> ArrayLike:
     """Global histogram equalisation from a chunked histogram (as ``skimage.exposure.equalize_hist``).
 
     The histogram has ``nbins`` equal-width bins over ``[min, max]`` of the voxels (inside ``mask`` if
@@ -209,9 +224,16 @@ def equalize_histogram(volume: Any, *, nbins: int = 256, mask: Any = None,
     return _map(vol, _fn, dt)
 
 
-def clahe(volume: Any, *, mode: Literal["2D", "3D"], clip_limit: float,
-          kernel_size: int | tuple[int, ...] | None = None, nbins: int = 256, in_range: tuple[float, float] | None = None,
-          dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def clahe(
+    volume: Any,
+    *,
+    mode: Literal["2D", "3D"],
+    clip_limit: float,
+    kernel_size: int | tuple[int, ...] | None = None,
+    nbins: int = 256,
+    in_range: tuple[float, float] | None = None,
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Contrast-limited adaptive histogram equalisation (``skimage.exposure.equalize_adapthist``).
 
     The volume is first windowed to ``in_range`` (default: global min/max) and scaled to ``[0, 1]``.
@@ -239,8 +261,11 @@ def clahe(volume: Any, *, mode: Literal["2D", "3D"], clip_limit: float,
     vol = _check_volume(volume, ndim=3)
     if mode not in ("2D", "3D"):
         raise ValueError(f"mode must be '2D' (per slice) or '3D', got {mode!r}")
-    if isinstance(clip_limit, bool) or not isinstance(clip_limit, int | float | np.floating) \
-            or not 0 < clip_limit <= 1:
+    if (
+        isinstance(clip_limit, bool)
+        or not isinstance(clip_limit, int | float | np.floating)
+        or not 0 < clip_limit <= 1
+    ):
         raise ValueError(f"clip_limit must be in (0, 1], got {clip_limit!r}")
     if isinstance(nbins, bool) or not isinstance(nbins, int | np.integer) or nbins < 2:
         raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
@@ -248,7 +273,9 @@ def clahe(volume: Any, *, mode: Literal["2D", "3D"], clip_limit: float,
         ks = (kernel_size,) if isinstance(kernel_size, int | np.integer) else tuple(kernel_size)
         n_axes = 2 if mode == "2D" else 3
         if not all(isinstance(k, int | np.integer) and k >= 1 for k in ks) or len(ks) not in (1, n_axes):
-            raise ValueError(f"kernel_size must be a positive int or one per {mode} axis, got {kernel_size!r}")
+            raise ValueError(
+                f"kernel_size must be a positive int or one per {mode} axis, got {kernel_size!r}"
+            )
     dt = _check_float_dtype(dtype)
     lo, hi = _check_range(in_range, vol)
     width = (hi - lo) or 1.0
@@ -263,7 +290,9 @@ def clahe(volume: Any, *, mode: Literal["2D", "3D"], clip_limit: float,
         else:
             out = np.empty(unit.shape, dtype=np.float64)
             for i in range(unit.shape[0]):
-                out[i] = equalize_adapthist(unit[i], kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
+                out[i] = equalize_adapthist(
+                    unit[i], kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins
+                )
         return out.astype(dt, copy=False)
 
     if isinstance(vol, da.Array):

@@ -42,8 +42,9 @@ def load_filter_spec(path: str | Path) -> FilterSpec:
     except yaml.YAMLError as exc:
         raise FilterSpecError(f"{p}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise FilterSpecError(f"{p}: expected a mapping of filter fields (filter_type: ..., ...), "
-                              f"got {type(data).__name__}")
+        raise FilterSpecError(
+            f"{p}: expected a mapping of filter fields (filter_type: ..., ...), got {type(data).__name__}"
+        )
     return parse_filter_spec(data, source=str(p))
 
 
@@ -69,8 +70,14 @@ def slab_chunks(shape: tuple[int, ...], chunk_voxels: int = CHUNK_VOXELS) -> tup
     return (depth,) + tuple(shape[1:])
 
 
-def run_filter(image: Path, filter_yaml: Path, out: Path, *, chunks: tuple[int, ...] | None = None,
-               num_workers: int | None = None) -> Path:
+def run_filter(
+    image: Path,
+    filter_yaml: Path,
+    out: Path,
+    *,
+    chunks: tuple[int, ...] | None = None,
+    num_workers: int | None = None,
+) -> Path:
     """Filter ``image`` with the filter of ``filter_yaml`` and write the response map to ``out`` (NIfTI).
 
     Parameters

@@ -37,7 +37,9 @@ def test_log_transform_oracle(ct: np.ndarray, fvol: np.ndarray) -> None:
         lazy = log_transform(_dask(x))
         assert isinstance(lazy, da.Array) and lazy.dtype == np.float32
         np.testing.assert_array_equal(lazy.compute(), got)
-    np.testing.assert_allclose(log_transform(fvol, dtype=np.float64), np.log(fvol - fvol.min() + 1.0), rtol=1e-12)
+    np.testing.assert_allclose(
+        log_transform(fvol, dtype=np.float64), np.log(fvol - fvol.min() + 1.0), rtol=1e-12
+    )
 
 
 def test_log_transform_ignores_nan_for_the_minimum() -> None:
@@ -67,8 +69,12 @@ def test_equalize_histogram_oracle(fvol: np.ndarray) -> None:
     expected = exposure.equalize_hist(fvol, nbins=64)
     got = equalize_histogram(fvol, nbins=64, dtype=np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(equalize_histogram(_dask(fvol), nbins=64, dtype=np.float64).compute(), expected,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        equalize_histogram(_dask(fvol), nbins=64, dtype=np.float64).compute(),
+        expected,
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_equalize_histogram_with_mask(fvol: np.ndarray) -> None:
@@ -93,8 +99,11 @@ def test_clahe_3d_oracle(fvol: np.ndarray) -> None:
     expected = exposure.equalize_adapthist(unit, kernel_size=8, clip_limit=0.02, nbins=128)
     got = clahe(fvol, mode="3D", kernel_size=8, clip_limit=0.02, nbins=128, dtype=np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(clahe(_dask(fvol), mode="3D", kernel_size=8, clip_limit=0.02, nbins=128,
-                                     dtype=np.float64).compute(), expected, atol=1e-12)
+    np.testing.assert_allclose(
+        clahe(_dask(fvol), mode="3D", kernel_size=8, clip_limit=0.02, nbins=128, dtype=np.float64).compute(),
+        expected,
+        atol=1e-12,
+    )
 
 
 def test_clahe_2d_per_slice_oracle(ct: np.ndarray) -> None:
@@ -108,22 +117,29 @@ def test_clahe_2d_per_slice_oracle(ct: np.ndarray) -> None:
     np.testing.assert_allclose(lazy.compute(), expected, atol=1e-12)
 
 
-@pytest.mark.parametrize(("call", "exc", "word"), [
-    (lambda: log_transform(np.zeros(0)), ValueError, "volume"),
-    (lambda: log_transform(np.array(["a"])), TypeError, "volume"),
-    (lambda: log_transform(np.ones(3), dtype=np.int32), TypeError, "dtype"),
-    (lambda: log_transform(np.full(3, np.nan)), ValueError, "finite"),
-    (lambda: gamma_correction(np.ones(3), gamma=0), ValueError, "gamma"),
-    (lambda: gamma_correction(np.ones(3), gamma=1.0, in_range=(5, 1)), ValueError, "in_range"),
-    (lambda: gamma_correction(np.ones(3), gamma=1.0, in_range=5), TypeError, "in_range"),
-    (lambda: equalize_histogram(np.ones(3), nbins=1), ValueError, "nbins"),
-    (lambda: equalize_histogram(np.ones(3), mask=np.ones(4, bool)), ValueError, "mask"),
-    (lambda: equalize_histogram(np.ones(3), mask=np.ones(3)), TypeError, "mask"),
-    (lambda: clahe(np.ones((4, 4)), mode="2D", clip_limit=0.01), ValueError, "volume"),
-    (lambda: clahe(np.ones((4, 4, 4)), mode="4D", clip_limit=0.01), ValueError, "mode"),
-    (lambda: clahe(np.ones((4, 4, 4)), mode="3D", clip_limit=2.0), ValueError, "clip_limit"),
-    (lambda: clahe(np.ones((4, 4, 4)), mode="2D", clip_limit=0.1, kernel_size=(2, 2, 2)), ValueError, "kernel_size"),
-])
+@pytest.mark.parametrize(
+    ("call", "exc", "word"),
+    [
+        (lambda: log_transform(np.zeros(0)), ValueError, "volume"),
+        (lambda: log_transform(np.array(["a"])), TypeError, "volume"),
+        (lambda: log_transform(np.ones(3), dtype=np.int32), TypeError, "dtype"),
+        (lambda: log_transform(np.full(3, np.nan)), ValueError, "finite"),
+        (lambda: gamma_correction(np.ones(3), gamma=0), ValueError, "gamma"),
+        (lambda: gamma_correction(np.ones(3), gamma=1.0, in_range=(5, 1)), ValueError, "in_range"),
+        (lambda: gamma_correction(np.ones(3), gamma=1.0, in_range=5), TypeError, "in_range"),
+        (lambda: equalize_histogram(np.ones(3), nbins=1), ValueError, "nbins"),
+        (lambda: equalize_histogram(np.ones(3), mask=np.ones(4, bool)), ValueError, "mask"),
+        (lambda: equalize_histogram(np.ones(3), mask=np.ones(3)), TypeError, "mask"),
+        (lambda: clahe(np.ones((4, 4)), mode="2D", clip_limit=0.01), ValueError, "volume"),
+        (lambda: clahe(np.ones((4, 4, 4)), mode="4D", clip_limit=0.01), ValueError, "mode"),
+        (lambda: clahe(np.ones((4, 4, 4)), mode="3D", clip_limit=2.0), ValueError, "clip_limit"),
+        (
+            lambda: clahe(np.ones((4, 4, 4)), mode="2D", clip_limit=0.1, kernel_size=(2, 2, 2)),
+            ValueError,
+            "kernel_size",
+        ),
+    ],
+)
 def test_validation_errors_name_the_parameter(call: Callable[[], object], exc: type, word: str) -> None:
     with pytest.raises(exc, match=word):
         call()

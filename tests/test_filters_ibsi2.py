@@ -49,8 +49,12 @@ def _max_error_fraction(result: np.ndarray, reference: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("test_id", sorted(PHASE1))
-def test_phase1_reference_map_via_run_filter(ibsi2: pathlib.Path, tmp_path: pathlib.Path, test_id: str) -> None:
-    out = run_filter(_phantom(ibsi2, PHASE1[test_id]), PRESETS_DIR / f"{test_id}.yaml", tmp_path / "out.nii.gz")
+def test_phase1_reference_map_via_run_filter(
+    ibsi2: pathlib.Path, tmp_path: pathlib.Path, test_id: str
+) -> None:
+    out = run_filter(
+        _phantom(ibsi2, PHASE1[test_id]), PRESETS_DIR / f"{test_id}.yaml", tmp_path / "out.nii.gz"
+    )
     result = read_image(out)
     reference = _reference(ibsi2, test_id)
     assert result.volume.shape == reference.shape
@@ -61,21 +65,31 @@ def test_phase1_reference_map_via_run_filter(ibsi2: pathlib.Path, tmp_path: path
 
 
 @pytest.mark.parametrize("test_id", ["1.a.2", "1.a.4", "2.b", "2.c"])
-def test_phase1_reference_map_dask_chunks_cross_borders(ibsi2: pathlib.Path, tmp_path: pathlib.Path,
-                                                        test_id: str) -> None:
+def test_phase1_reference_map_dask_chunks_cross_borders(
+    ibsi2: pathlib.Path, tmp_path: pathlib.Path, test_id: str
+) -> None:
     """The same maps computed as dask arrays whose chunks are smaller than the kernel radius."""
-    out = run_filter(_phantom(ibsi2, PHASE1[test_id]), PRESETS_DIR / f"{test_id}.yaml", tmp_path / "o.nii",
-                     chunks=(9, 13, 16))
+    out = run_filter(
+        _phantom(ibsi2, PHASE1[test_id]),
+        PRESETS_DIR / f"{test_id}.yaml",
+        tmp_path / "o.nii",
+        chunks=(9, 13, 16),
+    )
     assert _max_error_fraction(read_image(out).volume, _reference(ibsi2, test_id)) <= 0.01
 
 
-@pytest.mark.parametrize(("test_id", "wrong"), [("1.a.1", {"boundary": "nearest"}),
-                                                ("1.a.4", {"boundary": "periodic"}),
-                                                ("1.a.2", {"boundary": "zero"}),
-                                                ("1.b.1", {"dimensions": "3D"}),
-                                                ("2.a", {"sigma_mm": 2.5}),
-                                                ("2.b", {"boundary": "zero"}),
-                                                ("2.c", {"dimensions": "3D"})])
+@pytest.mark.parametrize(
+    ("test_id", "wrong"),
+    [
+        ("1.a.1", {"boundary": "nearest"}),
+        ("1.a.4", {"boundary": "periodic"}),
+        ("1.a.2", {"boundary": "zero"}),
+        ("1.b.1", {"dimensions": "3D"}),
+        ("2.a", {"sigma_mm": 2.5}),
+        ("2.b", {"boundary": "zero"}),
+        ("2.c", {"dimensions": "3D"}),
+    ],
+)
 def test_phase1_criterion_rejects_wrong_parameters(ibsi2: pathlib.Path, test_id: str, wrong: dict) -> None:
     """The 1% criterion is discriminating: a wrong boundary / dimensionality / sigma fails it."""
     spec = load_filter_spec(PRESETS_DIR / f"{test_id}.yaml")

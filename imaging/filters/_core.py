@@ -31,12 +31,27 @@ BOUNDARIES: tuple[str, ...] = ("zero", "nearest", "periodic", "mirror")
 POOLINGS: tuple[str, ...] = ("max", "min", "average")
 
 #: IBSI-2 boundary condition -> scipy.ndimage ``mode``.
-SCIPY_MODE: dict[str, str] = {"zero": "constant", "nearest": "nearest", "periodic": "wrap", "mirror": "reflect"}
+SCIPY_MODE: dict[str, str] = {
+    "zero": "constant",
+    "nearest": "nearest",
+    "periodic": "wrap",
+    "mirror": "reflect",
+}
 #: IBSI-2 boundary condition -> numpy.pad ``mode``.
-NUMPY_MODE: dict[str, str] = {"zero": "constant", "nearest": "edge", "periodic": "wrap", "mirror": "symmetric"}
+NUMPY_MODE: dict[str, str] = {
+    "zero": "constant",
+    "nearest": "edge",
+    "periodic": "wrap",
+    "mirror": "symmetric",
+}
 #: IBSI-2 boundary condition -> dask ``map_overlap`` ``boundary`` (dask "reflect" repeats the edge voxel,
 #: like numpy "symmetric").
-DASK_BOUNDARY: dict[str, Any] = {"zero": 0.0, "nearest": "nearest", "periodic": "periodic", "mirror": "reflect"}
+DASK_BOUNDARY: dict[str, Any] = {
+    "zero": 0.0,
+    "nearest": "nearest",
+    "periodic": "periodic",
+    "mirror": "reflect",
+}
 
 WORK_DTYPE = np.float64
 
@@ -54,8 +69,10 @@ def check_volume(volume: Any) -> ArrayLike:
     if not isinstance(volume, da.Array):
         volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise ValueError(f"volume must be a 3-D array [axis0, axis1, axis2], got ndim={volume.ndim} "
-                         f"(shape {tuple(volume.shape)!r})")
+        raise ValueError(
+            f"volume must be a 3-D array [axis0, axis1, axis2], got ndim={volume.ndim} "
+            f"(shape {tuple(volume.shape)!r})"
+        )
     if np.issubdtype(volume.dtype, np.complexfloating) or not (
         np.issubdtype(volume.dtype, np.number) or volume.dtype == np.bool_
     ):
@@ -70,16 +87,22 @@ def check_spacing(spacing: Any, ndim: int = 3) -> tuple[float, ...]:
     try:
         values = tuple(float(s) for s in spacing)
     except TypeError as exc:
-        raise TypeError(f"spacing must be a sequence of {ndim} positive floats (mm), got {spacing!r}") from exc
+        raise TypeError(
+            f"spacing must be a sequence of {ndim} positive floats (mm), got {spacing!r}"
+        ) from exc
     if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"spacing must be {ndim} positive finite values in mm (array-axis order), got {spacing!r}")
+        raise ValueError(
+            f"spacing must be {ndim} positive finite values in mm (array-axis order), got {spacing!r}"
+        )
     return values
 
 
 def check_boundary(boundary: Any) -> IBSIBoundary:
     if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary must be one of {BOUNDARIES} (IBSI-2 names; 'mirror' is scipy 'reflect'), "
-                         f"got {boundary!r}")
+        raise ValueError(
+            f"boundary must be one of {BOUNDARIES} (IBSI-2 names; 'mirror' is scipy 'reflect'), "
+            f"got {boundary!r}"
+        )
     return cast(IBSIBoundary, boundary)
 
 
@@ -92,7 +115,9 @@ def check_dimensions(dimensions: Any) -> int:
 
 def check_positive(name: str, value: Any, *, integer: bool = False, odd: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a {'positive integer' if integer else 'positive number'}, got {value!r}")
+        raise TypeError(
+            f"{name} must be a {'positive integer' if integer else 'positive number'}, got {value!r}"
+        )
     v = float(value)
     if integer and (not np.isfinite(v) or int(v) != v):
         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -106,7 +131,9 @@ def check_positive(name: str, value: Any, *, integer: bool = False, odd: bool = 
 def check_pooling(pooling: Any, *, rotation_invariance: bool, name: str = "pooling") -> Pooling | None:
     if pooling is None or pooling == "none":
         if rotation_invariance:
-            raise ValueError(f"{name} must be one of {POOLINGS} when rotation_invariance is True, got {pooling!r}")
+            raise ValueError(
+                f"{name} must be one of {POOLINGS} when rotation_invariance is True, got {pooling!r}"
+            )
         return None
     if pooling not in POOLINGS:
         raise ValueError(f"{name} must be one of {POOLINGS} or None, got {pooling!r}")
@@ -130,8 +157,14 @@ def as_work(volume: ArrayLike) -> ArrayLike:
     return volume.astype(WORK_DTYPE, copy=False) if volume.dtype != WORK_DTYPE else volume
 
 
-def run_stage(volume: ArrayLike, fn: BlockFn, *, radius: Sequence[int], boundary: IBSIBoundary,
-              dtype: npt.DTypeLike = WORK_DTYPE) -> ArrayLike:
+def run_stage(
+    volume: ArrayLike,
+    fn: BlockFn,
+    *,
+    radius: Sequence[int],
+    boundary: IBSIBoundary,
+    dtype: npt.DTypeLike = WORK_DTYPE,
+) -> ArrayLike:
     """Run one filter stage on a numpy array (directly) or a dask array (``map_overlap``).
 
     Parameters
@@ -165,8 +198,13 @@ def run_stage(volume: ArrayLike, fn: BlockFn, *, radius: Sequence[int], boundary
     def _block(block: np.ndarray) -> np.ndarray:
         return np.asarray(fn(np.asarray(block, dtype=WORK_DTYPE)), dtype=out_dtype)
 
-    return lazy.map_overlap(_block, depth=depth, boundary=DASK_BOUNDARY[boundary], dtype=out_dtype,
-                            meta=np.empty((0,) * lazy.ndim, dtype=out_dtype))
+    return lazy.map_overlap(
+        _block,
+        depth=depth,
+        boundary=DASK_BOUNDARY[boundary],
+        dtype=out_dtype,
+        meta=np.empty((0,) * lazy.ndim, dtype=out_dtype),
+    )
 
 
 def finish(volume: ArrayLike, dtype: np.dtype) -> ArrayLike:
@@ -200,8 +238,9 @@ def kernel_radius(kernel: np.ndarray) -> int:
     return (kernel.size - 1) // 2
 
 
-def separable_convolve(block: np.ndarray, kernels: Sequence[np.ndarray | None], axes: Sequence[int],
-                       mode: str) -> np.ndarray:
+def separable_convolve(
+    block: np.ndarray, kernels: Sequence[np.ndarray | None], axes: Sequence[int], mode: str
+) -> np.ndarray:
     """Convolve ``block`` with 1-D odd-length ``kernels`` along ``axes`` (``None`` = identity)."""
     out = block
     for k, ax in zip(kernels, axes, strict=True):
@@ -244,8 +283,9 @@ def kernel_key(kernels: Sequence[np.ndarray]) -> tuple[bytes, ...]:
     return tuple(np.ascontiguousarray(k).tobytes() + b"|" + str(k.size).encode() for k in kernels)
 
 
-def unique_rotations(kernel_sets: Sequence[Sequence[np.ndarray]], ndim: int,
-                     rotation_invariance: bool) -> list[list[list[np.ndarray]]]:
+def unique_rotations(
+    kernel_sets: Sequence[Sequence[np.ndarray]], ndim: int, rotation_invariance: bool
+) -> list[list[list[np.ndarray]]]:
     """Rotate a chain of separable kernel sets together and drop duplicate chains.
 
     Every distinct rotated filter of the orbit is hit by the same number of rotations (orbit-stabiliser

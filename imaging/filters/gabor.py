@@ -1,4 +1,5 @@
-"""IBSI-2 Gabor filter (reference manual arXiv:2006.05470, section "Gabor kernels", phase-1 tests 4.a, 4.b)."""
+"""IBSI-2 Gabor filter (reference manual arXiv:2006.05470, section "Gabor kernels",
+phase-1 tests 4.a, 4.b)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,15 @@ from imaging.types import ArrayLike, FilterDimensions, GaborResponse, IBSIBounda
 PLANES: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
 
 
-def gabor_kernel(*, spacing_yx: tuple[float, float], sigma_mm: float, lambda_mm: float, gamma: float,
-                 theta: float, truncate: float) -> np.ndarray:
+def gabor_kernel(
+    *,
+    spacing_yx: tuple[float, float],
+    sigma_mm: float,
+    lambda_mm: float,
+    gamma: float,
+    theta: float,
+    truncate: float,
+) -> np.ndarray:
     """Complex 2-D Gabor kernel on the voxel grid of a plane (IBSI-2).
 
     ``h(x, y) = exp(-(u^2 + gamma^2 v^2) / (2 sigma^2)) * exp(i 2 pi u / lambda)`` with
@@ -62,18 +70,32 @@ def gabor_orientations(theta: float, theta_step: float | None, response: str) ->
         return [theta]
     n = int(round(2.0 * np.pi / theta_step))
     if n < 1 or not np.isclose(n * theta_step, 2.0 * np.pi, rtol=0, atol=1e-9):
-        raise ValueError(f"theta_step must divide 2*pi into a whole number of orientations, got {theta_step!r}")
+        raise ValueError(
+            f"theta_step must divide 2*pi into a whole number of orientations, got {theta_step!r}"
+        )
     thetas = [theta + k * theta_step for k in range(n)]
     if response == "modulus" and n % 2 == 0:
         thetas = thetas[: n // 2]
     return thetas
 
 
-def gabor_filter(volume: Any, *, spacing: Any, sigma_mm: float, lambda_mm: float, gamma: float, theta: float,
-                 boundary: IBSIBoundary, truncate: float, dimensions: FilterDimensions = "2D",
-                 rotation_invariance: bool = False, theta_step: float | None = None,
-                 pooling: Pooling | None = None, response: GaborResponse = "modulus",
-                 dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def gabor_filter(
+    volume: Any,
+    *,
+    spacing: Any,
+    sigma_mm: float,
+    lambda_mm: float,
+    gamma: float,
+    theta: float,
+    boundary: IBSIBoundary,
+    truncate: float,
+    dimensions: FilterDimensions = "2D",
+    rotation_invariance: bool = False,
+    theta_step: float | None = None,
+    pooling: Pooling | None = None,
+    response: GaborResponse = "modulus",
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Gabor filter response map (IBSI-2), applied in-plane slice by slice.
 
     The 2-D kernel of :func:`gabor_kernel` is convolved with every slice of a plane orientation:
@@ -110,8 +132,11 @@ def gabor_filter(volume: Any, *, spacing: Any, sigma_mm: float, lambda_mm: float
     lam = check_positive("lambda_mm", lambda_mm)
     gam = check_positive("gamma", gamma)
     trunc = check_positive("truncate", truncate)
-    if isinstance(theta, bool) or not isinstance(theta, int | float | np.floating | np.integer) \
-            or not np.isfinite(theta):
+    if (
+        isinstance(theta, bool)
+        or not isinstance(theta, int | float | np.floating | np.integer)
+        or not np.isfinite(theta)
+    ):
         raise TypeError(f"theta must be a finite angle in radians, got {theta!r}")
     bnd = check_boundary(boundary)
     nd = check_dimensions(dimensions)
@@ -139,8 +164,14 @@ def gabor_filter(volume: Any, *, spacing: Any, sigma_mm: float, lambda_mm: float
     for plane in planes:
         _, ay, ax = plane
         for th in thetas:
-            k = gabor_kernel(spacing_yx=(sp[ay], sp[ax]), sigma_mm=sigma, lambda_mm=lam, gamma=gam, theta=th,
-                             truncate=trunc)
+            k = gabor_kernel(
+                spacing_yx=(sp[ay], sp[ax]),
+                sigma_mm=sigma,
+                lambda_mm=lam,
+                gamma=gam,
+                theta=th,
+                truncate=trunc,
+            )
             jobs.append((plane, k))
             radius[ay] = max(radius[ay], k.shape[0] // 2)
             radius[ax] = max(radius[ax], k.shape[1] // 2)

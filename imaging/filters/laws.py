@@ -56,16 +56,25 @@ def parse_laws_kernels(kernels: str) -> list[str]:
         raise TypeError(f"kernels must be a string such as 'L5E5E5' or 'L5S5', got {kernels!r}")
     parts = _TOKEN.findall(kernels)
     if "".join(parts).upper() != kernels.upper() or len(parts) not in (2, 3):
-        raise ValueError(f"kernels must be 2 (2D) or 3 (3D) Laws kernels from {sorted(LAWS_KERNELS)} "
-                         f"written together, e.g. 'L5E5E5' or 'L5S5', got {kernels!r}")
+        raise ValueError(
+            f"kernels must be 2 (2D) or 3 (3D) Laws kernels from {sorted(LAWS_KERNELS)} "
+            f"written together, e.g. 'L5E5E5' or 'L5S5', got {kernels!r}"
+        )
     for p in parts:
         laws_kernel(p)
     return [p.upper() for p in parts]
 
 
-def laws_filter(volume: Any, *, kernels: str, boundary: IBSIBoundary, rotation_invariance: bool = False,
-                pooling: Pooling | None = None, energy_distance: int | None = None,
-                dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def laws_filter(
+    volume: Any,
+    *,
+    kernels: str,
+    boundary: IBSIBoundary,
+    rotation_invariance: bool = False,
+    pooling: Pooling | None = None,
+    energy_distance: int | None = None,
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Laws kernel response map, optionally rotation-invariant and/or as a texture energy map (IBSI-2).
 
     The filter ``kernels`` names the 1-D kernels along x, y(, z) in that order: x is array axis 2, y axis 1,
@@ -99,7 +108,9 @@ def laws_filter(volume: Any, *, kernels: str, boundary: IBSIBoundary, rotation_i
     if not isinstance(rotation_invariance, bool | np.bool_):
         raise TypeError(f"rotation_invariance must be a bool, got {rotation_invariance!r}")
     pool_kind = check_pooling(pooling, rotation_invariance=bool(rotation_invariance))
-    delta = None if energy_distance is None else check_positive("energy_distance", energy_distance, integer=True)
+    delta = (
+        None if energy_distance is None else check_positive("energy_distance", energy_distance, integer=True)
+    )
     dt = check_dtype(dtype)
     nd = len(names)
     axes = (0, 1, 2) if nd == 3 else (1, 2)

@@ -40,9 +40,16 @@ def gaussian_kernels_1d(sigma_voxels: float, radius: int) -> tuple[np.ndarray, n
     return g, d2
 
 
-def laplacian_of_gaussian(volume: Any, *, spacing: Any, sigma_mm: float, truncate: float,
-                          boundary: IBSIBoundary, dimensions: FilterDimensions = "3D",
-                          dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def laplacian_of_gaussian(
+    volume: Any,
+    *,
+    spacing: Any,
+    sigma_mm: float,
+    truncate: float,
+    boundary: IBSIBoundary,
+    dimensions: FilterDimensions = "3D",
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Laplacian-of-Gaussian filter as defined by IBSI-2.
 
     The kernel is the sampled analytic LoG in voxel units,

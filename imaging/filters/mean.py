@@ -23,8 +23,14 @@ from imaging.filters._core import (
 from imaging.types import ArrayLike, FilterDimensions, IBSIBoundary
 
 
-def mean_filter(volume: Any, *, support_voxels: int, boundary: IBSIBoundary,
-                dimensions: FilterDimensions = "3D", dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def mean_filter(
+    volume: Any,
+    *,
+    support_voxels: int,
+    boundary: IBSIBoundary,
+    dimensions: FilterDimensions = "3D",
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Mean (box) filter of odd support ``M`` voxels: the response is the average over an ``M^D`` box.
 
     The kernel is ``1 / M^D`` on a ``M x M (x M)`` voxel grid (IBSI-2 mean filter). The support is

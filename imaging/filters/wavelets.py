@@ -32,10 +32,13 @@ from imaging.types import ArrayLike, IBSIBoundary, Pooling
 
 def wavelet_kernels(wavelet: str) -> tuple[np.ndarray, np.ndarray]:
     """Decomposition low- and high-pass filters of a discrete PyWavelets wavelet (``dec_lo``, ``dec_hi``),
-    made odd-length with a trailing zero (centre tap ``len // 2``) as in the IBSI-2 reference implementations."""
+    made odd-length with a trailing zero (centre tap ``len // 2``) as in the IBSI-2 reference
+    implementations."""
     if not isinstance(wavelet, str) or wavelet not in pywt.wavelist(kind="discrete"):
-        raise ValueError(f"wavelet must be a discrete PyWavelets wavelet name such as 'haar', 'db2', 'db3' or "
-                         f"'coif1', got {wavelet!r}")
+        raise ValueError(
+            f"wavelet must be a discrete PyWavelets wavelet name such as 'haar', 'db2', 'db3' or "
+            f"'coif1', got {wavelet!r}"
+        )
     w = pywt.Wavelet(wavelet)
     return odd_kernel(w.dec_lo), odd_kernel(w.dec_hi)
 
@@ -43,13 +46,23 @@ def wavelet_kernels(wavelet: str) -> tuple[np.ndarray, np.ndarray]:
 def parse_subband(subband: str) -> list[str]:
     """``"LHL"`` -> ``["L", "H", "L"]`` (letters for x, y(, z)); 2 letters = 2-D, 3 letters = 3-D."""
     if not isinstance(subband, str) or len(subband) not in (2, 3) or set(subband.upper()) - {"L", "H"}:
-        raise ValueError(f"subband must be 2 (2D) or 3 (3D) letters L/H for x, y(, z), e.g. 'LHL', got {subband!r}")
+        raise ValueError(
+            f"subband must be 2 (2D) or 3 (3D) letters L/H for x, y(, z), e.g. 'LHL', got {subband!r}"
+        )
     return list(subband.upper())
 
 
-def wavelet_filter(volume: Any, *, wavelet: str, subband: str, level: int, boundary: IBSIBoundary,
-                   rotation_invariance: bool = False, pooling: Pooling | None = None,
-                   dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def wavelet_filter(
+    volume: Any,
+    *,
+    wavelet: str,
+    subband: str,
+    level: int,
+    boundary: IBSIBoundary,
+    rotation_invariance: bool = False,
+    pooling: Pooling | None = None,
+    dtype: npt.DTypeLike = np.float32,
+) -> ArrayLike:
     """Undecimated separable wavelet response map of one sub-band at one decomposition level (IBSI-2).
 
     The letters of ``subband`` select the low-pass (L, ``dec_lo``) or high-pass (H, ``dec_hi``) filter along
