@@ -65,3 +65,13 @@ FeatureFamily = Literal["morph", "loc", "stat", "ih", "ivh", "cm", "rlm", "szm",
 histogram, intensity-volume histogram, GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM)."""
 IvhDiscretisation = Literal["none", "fbs", "fbn"]
 TextureDimension = Literal["2d", "2.5d", "3d"]
+
+# --- preprocessing, segmentation, detection (imaging/preprocess.py, segment.py, detect.py) ---
+BiasFieldMethod = Literal["polynomial", "n4"]
+"""MR bias-field correction: log-domain Legendre polynomial fit (pure numpy) or SimpleITK N4."""
+Conductance = Literal["exponential", "quadratic"]
+"""Perona-Malik edge-stopping function: exp(-(d/k)^2) or 1/(1+(d/k)^2)."""
+RegistrationMetric = Literal["mattes_mi", "mean_squares", "correlation"]
+RegistrationTransform = Literal["rigid", "affine"]
+BlobMethod = Literal["log", "dog"]
+"""Scale-space blob detector: Laplacian of Gaussian or difference of Gaussians."""
