@@ -211,16 +211,16 @@ def test_pixel_length_mismatch_and_cap(tmp_path):
     vols, rej = convert_path(p)
     assert vols == [] and [r.reason for r in rej] == ["pixel_length_mismatch"]
     vols, rej = convert_path(_data("MR_small.dcm"), max_pixel_bytes=1000)
-    assert vols == [] and [r.reason for r in rej] == ["pixel_bytes_over_cap"]
+    assert vols == [] and [r.reason for r in rej] == ["absurd_dimensions"]
     # the check is made from the header before any decoding
     hdr = pydicom.dcmread(_data("MR_small.dcm"), defer_size=16)
     with pytest.raises(PixelDataError) as ei:
         check_pixel_data(hdr, max_pixel_bytes=100)
-    assert ei.value.reason == "pixel_bytes_over_cap"
+    assert ei.value.reason == "absurd_dimensions"
 
 
 @pytest.mark.parametrize("name,reason", [("MR_truncated.dcm", "pixel_length_mismatch"),
-                                         ("JPEG-lossy.dcm", "pixel_decode_failed"),
+                                         ("JPEG-lossy.dcm", "decode_failed"),
                                          ("emri_small_jpeg_2k_lossless_too_short.dcm", None)])
 def test_damaged_files_become_rejections(name, reason):
     vols, rej = convert_path(_data(name))

@@ -46,7 +46,34 @@ from storage.dicom.pixels import (
 )
 from storage.dicom.series import VolumePlan, _cluster_positions, _floats, _num, _s, split_volumes
 
-__all__ = ["convert_series", "suvbw_factor", "DEFAULT_MAX_PIXEL_BYTES"]
+__all__ = ["convert_series", "suvbw_factor", "DEFAULT_MAX_PIXEL_BYTES", "REASON_CODES"]
+
+#: Reason codes produced by scan / series / convert / rtstruct / seg in addition to the guard's
+#: (:data:`storage.dicom.guard.REASON_CODES`; shared codes such as ``not_dicom``, ``dicomdir``,
+#: ``unreadable_file``, ``pixel_length_mismatch``, ``absurd_dimensions``, ``decode_failed``,
+#: ``unsupported_transfer_syntax``, ``missing_required_attribute`` and
+#: ``duplicate_instance_conflict`` keep the guard's meaning).
+REASON_CODES: dict[str, str] = {
+    "unreadable_header": "pydicom could not parse the header (scan)",
+    "missing_geometry": "no usable ImageOrientationPatient / ImagePositionPatient / PixelSpacing where a "
+                        "3-D stack, mosaic or segmentation needs them",
+    "duplicate_slice_positions": "slice positions repeat without forming complete time points; the first "
+                                 "file at each position was kept",
+    "incomplete_time_point": "a time point of a 4-D series lost slices and was dropped",
+    "inconsistent_geometry": "files expected to share one grid (mosaic time series) do not",
+    "mosaic_without_slice_count": "a MOSAIC image without NumberOfImagesInMosaic",
+    "series_split_failed": "the series could not be split into volumes",
+    "conversion_failed": "a volume could not be assembled (unexpected error; exception type recorded)",
+    "rtstruct_reference_not_found": "no converted volume matches the RTSTRUCT's references",
+    "rtstruct_no_contours": "an ROI has no CLOSED_PLANAR contour",
+    "rtstruct_bad_contour": "ContourData could not be read",
+    "rtstruct_failed": "the RTSTRUCT could not be rasterised (unexpected error)",
+    "seg_reference_not_found": "no converted volume matches the segmentation's references",
+    "seg_missing_geometry": "segmentation frames lack plane position/orientation/spacing or disagree",
+    "seg_bad_pixels": "segmentation pixels are not single-sample frames",
+    "seg_failed": "the segmentation could not be converted (unexpected error)",
+    "non_image_object:<kind>": "routing record (not a rejection): SR, presentation state, RT dose/plan, other",
+}
 
 PetUnits = Literal["as_stored", "suvbw"]
 
@@ -54,9 +81,19 @@ _PROJECTION_MODALITIES = {"CR", "DX", "MG", "IO", "PX", "RF", "XA", "RG"}
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _file_size(entry: FileEntry | None) -> int | None:
+    if entry is None:
+        return None
+    try:
+        return int(entry.path.stat().st_size)
+    except (OSError, AttributeError):
+        return None
+
+
 def _reject(entry: FileEntry | None, reason: str, detail: str, exc: BaseException | str | None = None) -> Rejection:
     et = exc if isinstance(exc, str) or exc is None else type(exc).__name__
-    return Rejection(sha256=entry.sha256 if entry else "", reason=reason, detail=detail, exception_type=et)
+    return Rejection(sha256=entry.sha256 if entry else "", reason=reason, detail=detail, exception_type=et,
+                     size=_file_size(entry))
 
 
 def _seq_item(ds, name: str):
@@ -267,7 +304,7 @@ def _stack_arrays(slices: list[_Slice], dec: _Decoded, rejections: list[Rejectio
             rejections.append(_reject(s.entry, exc.reason, exc.detail, exc.exception_type))
             continue
         if s.frame >= frames.shape[0]:
-            rejections.append(_reject(s.entry, "pixel_decode_failed", "fewer frames decoded than declared"))
+            rejections.append(_reject(s.entry, "decode_failed", "fewer frames decoded than declared"))
             continue
         kept.append(s)
         arrays.append(frames[s.frame])

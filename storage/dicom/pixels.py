@@ -138,22 +138,22 @@ def check_pixel_data(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> i
     Raises
     ------
     PixelDataError
-        ``missing_pixel_data``, ``bad_image_dimensions``, ``pixel_bytes_over_cap`` (expected
+        ``missing_required_attribute``, ``absurd_dimensions``, ``absurd_dimensions`` (expected
         size above ``max_pixel_bytes``) or, for native syntaxes, ``pixel_length_mismatch``
         (declared Pixel Data length differs from the expected length beyond even padding).
     """
     if max_pixel_bytes <= 0:
         raise ValueError(f"max_pixel_bytes must be > 0, got {max_pixel_bytes!r}")
     if not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
-        raise PixelDataError("missing_pixel_data", "the object holds no Pixel Data element")
+        raise PixelDataError("missing_required_attribute", "the object holds no Pixel Data element")
     rows, cols, bits = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "BitsAllocated")
     if "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
-            raise PixelDataError("bad_image_dimensions",
+            raise PixelDataError("absurd_dimensions",
                                  f"Rows={rows}, Columns={cols}, BitsAllocated={bits} are not decodable")
     expected = expected_pixel_bytes(ds)
     if expected > max_pixel_bytes:
-        raise PixelDataError("pixel_bytes_over_cap",
+        raise PixelDataError("absurd_dimensions",
                              f"expected {expected} decoded bytes, above the cap of {max_pixel_bytes}")
     ts = _transfer_syntax(ds)
     if not ts.is_encapsulated:
@@ -200,7 +200,7 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
     ------
     PixelDataError
         From :func:`check_pixel_data`, ``unsupported_transfer_syntax`` (no installed
-        plugin decodes it) or ``pixel_decode_failed`` (the decoder raised or returned a
+        plugin decodes it) or ``decode_failed`` (the decoder raised or returned a
         different number of values than declared: truncated or corrupt data).
     """
     check_pixel_data(ds, max_pixel_bytes=max_pixel_bytes)
@@ -214,12 +214,12 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
         if "no pixel data decoding plugins" in msg or "unable to decompress" in msg and "plugin" in msg:
             raise PixelDataError("unsupported_transfer_syntax", "no installed decoder handles this transfer syntax",
                                  type(exc).__name__) from exc
-        raise PixelDataError("pixel_decode_failed", "the pixel data could not be decoded",
+        raise PixelDataError("decode_failed", "the pixel data could not be decoded",
                              type(exc).__name__) from exc
     except MemoryError as exc:
-        raise PixelDataError("pixel_bytes_over_cap", "decoding ran out of memory", type(exc).__name__) from exc
+        raise PixelDataError("absurd_dimensions", "decoding ran out of memory", type(exc).__name__) from exc
     except Exception as exc:  # noqa: BLE001 - decoder errors of any type become a reason code
-        raise PixelDataError("pixel_decode_failed", "the pixel data could not be decoded",
+        raise PixelDataError("decode_failed", "the pixel data could not be decoded",
                              type(exc).__name__) from exc
     frames = max(1, _int(ds, "NumberOfFrames", 1))
     spp = max(1, _int(ds, "SamplesPerPixel", 1))
@@ -232,7 +232,7 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     want = (frames, rows, cols) + ((spp,) if spp > 1 else ())
     if arr.size != int(np.prod(want)):
-        raise PixelDataError("pixel_decode_failed",
+        raise PixelDataError("decode_failed",
                              f"decoded {arr.size} values, the header declares {int(np.prod(want))}")
     arr = arr.reshape(want)
     if not arr.dtype.isnative:  # big-endian data: hand out native byte order

@@ -180,7 +180,7 @@ def scan(root: str | os.PathLike[str]) -> tuple[list[FileEntry], list[Rejection]
     rejections : list of Rejection
         ``"not_dicom"`` (no preamble and no plausible data element, or a forced read
         found no DICOM content), ``"unreadable_header"`` (pydicom raised),
-        ``"io_error"`` (the file could not be opened), ``"dicomdir"``.
+        ``"unreadable_file"`` (the file could not be opened), ``"dicomdir"``.
     """
     entries: list[FileEntry] = []
     rejections: list[Rejection] = []
@@ -188,29 +188,36 @@ def scan(root: str | os.PathLike[str]) -> tuple[list[FileEntry], list[Rejection]
         try:
             digest = sha256_file(path)
         except OSError as exc:
-            rejections.append(Rejection("", "io_error", "file could not be read", type(exc).__name__))
+            rejections.append(Rejection("", "unreadable_file", "file could not be read", type(exc).__name__))
             continue
+        try:
+            size: int | None = int(path.stat().st_size)
+        except OSError:
+            size = None
         if not is_probably_dicom(path):
-            rejections.append(Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element"))
+            rejections.append(Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element",
+                                        size=size))
             continue
         try:
             ds = read_header(path)
         except RecursionError as exc:
-            rejections.append(Rejection(digest, "unreadable_header", "header nested too deeply", type(exc).__name__))
+            rejections.append(Rejection(digest, "unreadable_header", "header nested too deeply", type(exc).__name__,
+                                        size=size))
             continue
         except Exception as exc:  # noqa: BLE001 - any parser failure is a rejection
             reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
-            rejections.append(Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__))
+            rejections.append(Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__,
+                                        size=size))
             continue
         try:
             kind = classify(ds)
             is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
         except Exception as exc:  # noqa: BLE001
             rejections.append(Rejection(digest, "unreadable_header", "header elements could not be decoded",
-                                        type(exc).__name__))
+                                        type(exc).__name__, size=size))
             continue
         if is_dir:
-            rejections.append(Rejection(digest, "dicomdir", "DICOMDIR index file (no image)"))
+            rejections.append(Rejection(digest, "dicomdir", "DICOMDIR index file (no image)", size=size))
             continue
         entries.append(FileEntry(path=path, sha256=digest, dataset=ds, object_kind=kind))
     return entries, rejections

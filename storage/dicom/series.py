@@ -55,6 +55,13 @@ def _s(ds, name: str, default: str = "") -> str:
     return default if v is None else str(v)
 
 
+def _size(e: FileEntry) -> int | None:
+    try:
+        return int(e.path.stat().st_size)
+    except (OSError, AttributeError):
+        return None
+
+
 def group_series(entries: list[FileEntry]) -> list[SeriesGroup]:
     """Group files by SeriesInstanceUID (and object kind).
 
@@ -202,7 +209,8 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
         if uid and uid in seen:
             if seen[uid].sha256 != e.sha256:
                 rejections.append(Rejection(e.sha256, "duplicate_instance_conflict",
-                                            "two files share a SOP Instance UID with different content"))
+                                            "two files share a SOP Instance UID with different content",
+                                            size=_size(e)))
             continue
         if uid:
             seen[uid] = e
@@ -229,7 +237,8 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
             normal = slice_normal(iop)
         except ValueError:
             for e in part:
-                rejections.append(Rejection(e.sha256, "missing_geometry", "ImageOrientationPatient is degenerate"))
+                rejections.append(Rejection(e.sha256, "missing_geometry", "ImageOrientationPatient is degenerate",
+                                            size=_size(e)))
             continue
         if key[-1]:  # mosaic
             plans.extend(_plan_mosaics(part, normal, meta))
@@ -302,7 +311,8 @@ def _plan_stack(part: list[FileEntry], normal: np.ndarray, meta: dict[str, Any],
         keep.append(idx[0])
         for i in idx[1:]:
             rejections.append(Rejection(part[i].sha256, "duplicate_slice_positions",
-                                        "slice position repeated without forming complete time points"))
+                                        "slice position repeated without forming complete time points",
+                                        size=_size(part[i])))
     order = sorted(keep, key=lambda i: d[i])
     return [VolumePlan([part[i] for i in order], "3d", dict(meta, duplicates_dropped=int(len(part) - len(keep))),
                        positions=[float(d[i]) for i in order])]
