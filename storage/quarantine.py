@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -43,6 +44,7 @@ __all__ = ["MAX_RUN_IDS", "QuarantineStore", "locate", "main"]
 
 MAX_RUN_IDS = 20
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_REASON_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,80}$")
 
 
 def _now() -> str:
@@ -77,16 +79,29 @@ class QuarantineStore:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def add(self, rejection: Rejection, *, run_id: str | None) -> pathlib.Path:
-        """Record ``rejection``; idempotent for the same run. Returns the record's path."""
+        """Record ``rejection``; idempotent for the same run. Returns the record's path.
+
+        ``rejection.reason`` is a code: the guard's (:data:`storage.dicom.guard.REASON_CODES`)
+        or another stage's (``io_error``, ``rtstruct_no_contours``, ...); anything that is not
+        a short code-like string is stored as ``"invalid_reason"``. A rejection without a
+        file hash (``sha256`` empty: the file could not even be read, or a series-level
+        rejection) is recorded under ``unhashed-<digest of reason, detail, exception type and
+        series key>.json`` with ``sha256: null``; it cannot be located by :func:`locate`.
+        Never raises for a bad rejection value (it is called inside the collection run).
+        """
         if not isinstance(rejection, Rejection):
             raise TypeError(f"rejection must be a Rejection, got {type(rejection).__name__}")
         if run_id is not None and not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
-        from storage.dicom.guard import REASON_CODES
-
-        if rejection.reason not in REASON_CODES:
-            raise ValueError(f"rejection.reason must be one of REASON_CODES, got {rejection.reason!r}")
-        path = self.path_for(rejection.sha256)
+        reason = rejection.reason if isinstance(rejection.reason, str) and _REASON_RE.match(rejection.reason) \
+            else "invalid_reason"
+        sha = rejection.sha256 if isinstance(rejection.sha256, str) and _SHA_RE.match(rejection.sha256) else None
+        if sha is None:
+            ident = hashlib.sha256(json.dumps([reason, str(rejection.detail), rejection.exception_type,
+                                               rejection.series_key]).encode()).hexdigest()
+            path = self.root / f"unhashed-{ident}.json"
+        else:
+            path = self.path_for(sha)
         with self._locked():
             old = self._read(path)
             now = _now()
@@ -100,9 +115,9 @@ class QuarantineStore:
                 count += 1
                 run_ids = (run_ids + [run_id])[-MAX_RUN_IDS:]
             record = {
-                "sha256": rejection.sha256,
-                "reason": rejection.reason,
-                "detail": rejection.detail,
+                "sha256": sha,
+                "reason": reason,
+                "detail": str(rejection.detail),
                 "exception_type": rejection.exception_type,
                 "series_key": rejection.series_key if rejection.series_key is not None
                 else (old or {}).get("series_key"),
@@ -137,12 +152,12 @@ class QuarantineStore:
             return []
         out = []
         for p in self.root.glob("*.json"):
-            if not _SHA_RE.match(p.stem):
+            if not (_SHA_RE.match(p.stem) or p.stem.startswith("unhashed-")):
                 continue
             rec = self._read(p)
             if rec is not None:
                 out.append(rec)
-        out.sort(key=lambda r: (str(r.get("first_seen", "")), str(r.get("sha256", ""))))
+        out.sort(key=lambda r: (str(r.get("first_seen") or ""), str(r.get("sha256") or "")))
         return out
 
 
