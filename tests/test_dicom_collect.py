@@ -85,3 +85,15 @@ def test_scan_rejects_unreadable_without_raising(tmp_path):
     assert entries == []
     assert {r.reason for r in rej} <= {"not_dicom", "unreadable_header"} and len(rej) == 3
     assert all(len(r.sha256) == 64 for r in rej)
+
+
+def test_collect_folder_with_guard_equals_without(shared_data):
+    from storage.dicom.guard import GuardLimits
+
+    src = shared_data / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom" / "STS_025"
+    plain = collect_folder(src)
+    guarded = collect_folder(src, guard_limits=GuardLimits(), guard_workers=1)
+    assert guarded.rejections == [] and len(guarded.volumes) == len(plain.volumes) == 3
+    for a, b in zip(plain.volumes, guarded.volumes, strict=True):
+        np.testing.assert_array_equal(a.volume, b.volume)
+    assert [m.roi_name for m in guarded.masks] == [m.roi_name for m in plain.masks]

@@ -122,7 +122,8 @@ def test_duplicate_instances(pet_dir, tmp_path):
     assert v.volume.shape[0] == len(files)
 
 
-def test_enhanced_multiframe_4d_equals_classic(shared_data, tmp_path):
+@pytest.mark.parametrize("two_stacks", [False, True])
+def test_enhanced_multiframe_4d_equals_classic(shared_data, tmp_path, two_stacks):
     src = shared_data / "nih_ge_siemens_epi_4d" / "In" / "20180918GE" / "mr_0004"
     (classic,), _ = _convert(src)
     files = sorted(src.glob("*.dcm"))
@@ -150,16 +151,25 @@ def test_enhanced_multiframe_4d_equals_classic(shared_data, tmp_path):
     for i in order:
         ds = dss[i]
         t = (int(ds.InstanceNumber) - 1) // 15 + 1
+        stack = "2" if two_stacks and t > 4 else "1"
         per.append(item(PlanePositionSequence=Sequence([item(ImagePositionPatient=ds.ImagePositionPatient)]),
-                        FrameContentSequence=Sequence([item(TemporalPositionIndex=t, StackID="1",
+                        FrameContentSequence=Sequence([item(TemporalPositionIndex=t, StackID=stack,
                                                             DimensionIndexValues=[t, 1])])))
     mf.PerFrameFunctionalGroupsSequence = Sequence(per)
     mf.PixelData = np.stack([dss[i].pixel_array for i in order]).tobytes()
     out = tmp_path / "enhanced"
     out.mkdir()
     mf.save_as(out / "mf.dcm")
-    (v,), rej = _convert(out)
-    assert rej == [] and v.kind == "4d" and v.meta["enhanced_multiframe"]
+    vols, rej = _convert(out)
+    assert rej == []
+    if two_stacks:  # frames of different stacks become separate volumes (time points 1-4 and 5-10)
+        assert sorted(v.meta["stack_id"] for v in vols) == ["1", "2"]
+        v1, v2 = sorted(vols, key=lambda v: v.meta["stack_id"])
+        np.testing.assert_array_equal(v1.volume, classic.volume[:4])
+        np.testing.assert_array_equal(v2.volume, classic.volume[4:])
+        return
+    (v,) = vols
+    assert v.kind == "4d" and v.meta["enhanced_multiframe"]
     assert v.volume.shape == classic.volume.shape == (10, 15, 64, 64)
     np.testing.assert_array_equal(v.volume, classic.volume)
     np.testing.assert_allclose(v.affine, classic.affine, atol=1e-6)
