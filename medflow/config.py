@@ -41,7 +41,7 @@ class PreprocessingConfig(_Model):
         None, description="Resample to this voxel size (mm, slice/row/column order); null keeps the acquired grid.")
     interpolation: Literal["nearest", "linear", "cubic"] = "linear"
     mask_partial_volume: float = Field(0.5, ge=0.0, le=1.0, description="Threshold applied to interpolated masks.")
-    denoise: Literal["none", "gaussian", "median"] = "gaussian"
+    denoise: Literal["none", "gaussian", "median"] = "none"
     gaussian_sigma_mm: float = Field(1.0, gt=0)
     median_size: int = Field(3, ge=1, description="Median window (voxels per axis, odd).")
     normalisation: Literal["none", "zscore", "percentile", "window"] = "none"
@@ -71,11 +71,23 @@ class ProcessingConfig(_Model):
 
 
 class AnalysisConfig(_Model):
-    """Analysis: per-ROI quantitative features."""
+    """Analysis: per-ROI IBSI-1 quantitative features.
 
-    preset: str | None = Field("ibsi-config-c", description="IBSI-1 feature preset (null: first-order + shape only).")
-    families: tuple[str, ...] | None = Field(None, description="Restrict to these feature families.")
+    ``settings`` maps a DICOM modality (``CT``, ``PT``, ``MR``...; ``*`` for any other) to
+    feature settings in the ``medflow features --settings`` vocabulary: an optional
+    ``preset`` (``ibsi-config-a`` ... ``ibsi-config-e``, ``ibsi-digital-phantom``) plus
+    :class:`imaging.features.FeatureSettings` fields that override it. CT uses IBSI
+    configuration C (HU re-segmentation [-1000, 400], FBS 25 HU); other modalities use
+    configuration D (FBN 32 bins, 3-sigma outlier filtering) without integer rounding,
+    since SUV and MR intensities are not integers.
+    """
+
+    settings: dict[str, dict] = Field(default_factory=lambda: {
+        "CT": {"preset": "ibsi-config-c"},
+        "*": {"preset": "ibsi-config-d", "intensity_rounding": False},
+    })
     max_workers: int = Field(2, ge=1, description="ROIs processed in parallel (threads).")
+    include_auto_masks: bool = Field(True, description="Also extract features of the automatic segmentations.")
 
 
 class DiscoveryConfig(_Model):

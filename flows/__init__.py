@@ -1,0 +1,1 @@
+"""Prefect flows wiring medflow's stage tasks."""

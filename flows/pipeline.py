@@ -1,0 +1,164 @@
+"""The medflow pipeline flow: collection -> preprocessing -> processing -> analysis -> discovery -> report.
+
+Run it locally with ``medflow run SOURCE --workspace DIR`` (Prefect's ephemeral API,
+no server needed), from the Prefect UI through the deployment in ``prefect.yaml``,
+or from Python: ``pipeline(PipelineConfig(source=..., workspace=...))``.
+
+Tasks pass small references (workspace-relative URI + content digest), never arrays or
+DICOM headers; each caches on the content of its inputs, its parameters and its
+stage's code version, with its cache record in ``WORKSPACE/results``.
+"""
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from medflow.config import PipelineConfig
+from storage.workspace import Workspace, write_text_atomic
+from tasks.analysis import features as features_task
+from tasks.clinical import file_fingerprint, ingest_clinical
+from tasks.collection import collect, source_fingerprint
+from tasks.discovery import discover
+from tasks.preprocessing import preprocess
+from tasks.processing import segment
+from tasks.report import report as report_task
+
+
+#: Optional callable(task_name, state_name) told about every task as it finishes (the CLI's progress line).
+PROGRESS_HOOK: Any = None
+
+
+class _Runner:
+    """Calls tasks with the workspace's result storage and keeps a ran/cached tally."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.tally: list[dict[str, str]] = []
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        configured = self._tasks.get(task.name)
+        if configured is None:
+            configured = self._tasks[task.name] = task.with_options(result_storage=self.ws.results)
+        state = configured(*args, return_state=True, **kwargs)
+        self.tally.append({"task": task.name, "state": state.name})
+        if PROGRESS_HOOK is not None:
+            PROGRESS_HOOK(task.name, state.name)
+        return state.result()
+
+    def summary(self) -> dict[str, Any]:
+        cached = sum(1 for t in self.tally if t["state"] == "Cached")
+        return {"tasks": len(self.tally), "cached": cached, "ran": len(self.tally) - cached, "detail": self.tally}
+
+
+def _register(ws: Workspace, config: PipelineConfig, coll: Any, outputs: dict[str, Any]) -> None:
+    """Idempotent catalog upserts of everything this run produced (cheap; runs on cached reruns too)."""
+    import json
+
+    from storage.catalog import Catalog
+
+    cat = Catalog.for_workspace(ws.root, config.catalog_url)
+    for v in coll.volumes:
+        cat.register_volume(v)
+    for m in coll.masks:
+        cat.register_mask(m)
+    summary = json.loads(ws.resolve(coll.summary).read_text())
+    for f in summary.get("qc", []):
+        cat.register_qc(f["series_key"], [f], volume_index=int(str(f.get("volume_key", "v0")).rsplit("v", 1)[-1] or 0))
+    cat.register_quarantine(summary.get("rejections", []))
+    for stage, refs in outputs.items():
+        for r in refs:
+            cat.register_artifact(r, stage=stage)
+
+
+def _publish(summary: dict[str, Any], features_uri: str, report_uri: str) -> None:
+    """Prefect UI artifacts (pseudonymous content only)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    md = (f"## medflow run\n\n* volumes: {summary['volumes']}\n* masks: {summary['masks']}\n"
+          f"* quarantined inputs: {summary['quarantined']}\n* tasks: {summary['tasks']['tasks']} "
+          f"({summary['tasks']['ran']} ran, {summary['tasks']['cached']} from cache)\n"
+          f"* report: `{report_uri}` (in the workspace)\n* features: `{features_uri}`\n")
+    create_markdown_artifact(markdown=md, key="medflow-run-summary", description="medflow pipeline summary")
+    create_table_artifact(table=summary["rois"], key="medflow-rois", description="ROIs and feature counts")
+
+
+@flow(name="medflow-pipeline", description="DICOM folder to volumes, masks, features, predictions and a report.")
+def pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Run all five stages on ``config.source`` into ``config.workspace``; returns a PHI-free summary."""
+    from storage.pseudonym import PseudonymKeys
+
+    logger = get_run_logger()
+    ws = Workspace(config.workspace).ensure()
+    keys = PseudonymKeys.from_env()
+    run = _Runner(ws)
+    workspace = str(ws.root)
+
+    content = source_fingerprint(config.source)
+    coll = run(collect, workspace, config.source, content, config.collection, keys.key_id())
+    logger.info("collection: %d volumes, %d masks, %d inputs quarantined", len(coll.volumes), len(coll.masks),
+                coll.n_rejected)
+    clinical = None
+    if config.clinical:
+        clinical = run(ingest_clinical, workspace, config.clinical, file_fingerprint(config.clinical), keys.key_id())
+
+    masks_by_volume: dict[str, list] = {}
+    for m in coll.masks:
+        masks_by_volume.setdefault(m.meta["volume_key"], []).append(m)
+    pre_out, proc_out, feat_out = [], [], []
+    for vol in coll.volumes:
+        if vol.meta.get("kind") != "3d":
+            logger.info("volume %s is %s: collected and exported, not analysed as 3-D", vol.meta["volume_key"],
+                        vol.meta.get("kind"))
+            continue
+        ref_masks = masks_by_volume.get(vol.meta["volume_key"], [])
+        pre = run(preprocess, workspace, vol, ref_masks, config.preprocessing, config.compute)
+        proc = None
+        if not ref_masks or config.processing.segment_when_reference_exists:
+            proc = run(segment, workspace, pre.volume, pre.masks, config.processing, config.compute)
+        rois = list(pre.masks) + (list(proc.auto_masks) if proc and config.analysis.include_auto_masks else [])
+        feats = run(features_task, workspace, pre.volume, rois, config.analysis)
+        pre_out.append(pre)
+        proc_out.append(proc)
+        feat_out.append(feats)
+
+    disc = run(discover, workspace, [f.features for f in feat_out], clinical, config.discovery)
+    all_masks = [m for p in pre_out for m in p.masks] + [m for p in proc_out if p for m in p.auto_masks]
+    rep = run(report_task, workspace, coll.summary, [p.volume for p in pre_out], all_masks,
+              [p.evaluation for p in proc_out if p], [f.features for f in feat_out], disc.results)
+
+    latest = ws.reports / "report.html"
+    write_text_atomic(latest, ws.resolve(rep.html).read_text())
+    _register(ws, config, coll, {"preprocessing": [p.volume for p in pre_out], "analysis": [f.features for f in feat_out],
+                                 "discovery": [disc.results], "report": [rep.html, rep.features]})
+    summary = {
+        "workspace": str(ws.root),
+        "report": ws.relative(latest),
+        "report_artifact": rep.html.uri,
+        "features": rep.features.uri,
+        "volumes": len(coll.volumes),
+        "masks": len(coll.masks),
+        "quarantined": coll.n_rejected,
+        "routed": coll.n_routed,
+        "rois": [{"volume_key": f.features.meta.get("volume_key"), "modality": f.features.meta.get("modality"),
+                  "rois": f.n_rois, "feature_values": f.n_values} for f in feat_out],
+        "tasks": run.summary(),
+    }
+    _publish(summary, rep.features.uri, summary["report"])
+    logger.info("tasks: %d ran, %d from cache", summary["tasks"]["ran"], summary["tasks"]["cached"])
+    return summary
+
+
+@flow(name="medflow-ingest", description="Collection only: DICOM folder to pseudonymised volumes and masks.")
+def ingest(config: PipelineConfig) -> dict[str, Any]:
+    """Scan, guard, de-identify and convert ``config.source``; register it in the catalog."""
+    from storage.pseudonym import PseudonymKeys
+
+    ws = Workspace(config.workspace).ensure()
+    keys = PseudonymKeys.from_env()
+    run = _Runner(ws)
+    coll = run(collect, str(ws.root), config.source, source_fingerprint(config.source), config.collection,
+               keys.key_id())
+    _register(ws, config, coll, {})
+    return {"workspace": str(ws.root), "volumes": len(coll.volumes), "masks": len(coll.masks),
+            "quarantined": coll.n_rejected, "routed": coll.n_routed, "tasks": run.summary()}

@@ -1,0 +1,204 @@
+"""``medflow`` command line: run the pipeline, ingest, export, features, filters, de-identification."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from medflow import runtime
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="medflow: DICOM to volumes, masks, IBSI features, predictions and a report.")
+console = Console(stderr=True)
+out = Console()
+
+SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample" / "ibsi_sts" / "dicom"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]medflow: {message}[/red]", highlight=False)
+    raise typer.Exit(code)
+
+
+def _run_pipeline(config, *, verbose: bool) -> dict:
+    """Run the pipeline flow with a live progress line; returns its summary."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from flows import pipeline as pipeline_module
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=not verbose) as progress:
+        bar = progress.add_task("starting Prefect (ephemeral API)…", total=None)
+
+        def on_task(name: str, state: str) -> None:
+            progress.update(bar, description=f"{name}: {state.lower()}")
+
+        pipeline_module.PROGRESS_HOOK = on_task
+        try:
+            return pipeline_module.pipeline(config)
+        finally:
+            pipeline_module.PROGRESS_HOOK = None
+
+
+def _print_summary(summary: dict, elapsed: float) -> None:
+    t = summary["tasks"]
+    out.print(f"volumes: {summary['volumes']}  masks: {summary['masks']}  quarantined: {summary['quarantined']}")
+    for r in summary["rois"]:
+        out.print(f"  {r['volume_key']} {r['modality']}: {r['rois']} ROIs, {r['feature_values']} feature values")
+    out.print(f"tasks: {t['tasks']} ({t['ran']} ran, {t['cached']} from cache) in {elapsed:.1f} s")
+    out.print(f"report: {pathlib.Path(summary['workspace']) / summary['report']}")
+    out.print(f"features: {pathlib.Path(summary['workspace']) / summary['features']}")
+
+
+@app.command()
+def run(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM files (any depth, any names).")],
+        workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")],
+        config: Annotated[pathlib.Path | None, typer.Option(help="YAML config (sections of PipelineConfig).")] = None,
+        clinical: Annotated[pathlib.Path | None, typer.Option(help="Clinical case table (CSV/Parquet).")] = None,
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task log lines.")) -> None:
+    """Run the full pipeline on a folder of DICOM."""
+    runtime.configure(verbose)
+    from medflow.config import load_config
+
+    if not source.is_dir():
+        _fail(f"source folder does not exist: {source}")
+    try:
+        cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()),
+                          clinical=str(clinical.resolve()) if clinical else None)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(f"invalid configuration: {exc}".splitlines()[0] if "\n" not in str(exc) else f"invalid configuration:\n{exc}")
+    t0 = time.perf_counter()
+    try:
+        summary = _run_pipeline(cfg, verbose=verbose)
+    except Exception as exc:  # noqa: BLE001 - one-line reason for the user, full detail with -v
+        if verbose:
+            raise
+        _fail(f"pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    _print_summary(summary, time.perf_counter() - t0)
+
+
+@app.command()
+def demo(workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")] = pathlib.Path("medflow-demo"),
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the full pipeline on the bundled sample (IBSI STS_008/STS_025, CC BY 3.0)."""
+    if not SAMPLE.is_dir():
+        _fail(f"bundled sample not found at {SAMPLE}")
+    run(SAMPLE, workspace, None, None, verbose)
+
+
+@app.command()
+def ingest(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM files.")],
+           workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")],
+           config: Annotated[pathlib.Path | None, typer.Option(help="YAML config.")] = None,
+           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Collection only: scan, guard, de-identify and convert into the workspace."""
+    runtime.configure(verbose)
+    from flows.pipeline import ingest as ingest_flow
+    from medflow.config import load_config
+
+    if not source.is_dir():
+        _fail(f"source folder does not exist: {source}")
+    cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()))
+    t0 = time.perf_counter()
+    try:
+        summary = ingest_flow(cfg)
+    except Exception as exc:  # noqa: BLE001
+        if verbose:
+            raise
+        _fail(f"ingest failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    out.print(f"volumes: {summary['volumes']}  masks: {summary['masks']}  quarantined: {summary['quarantined']}  "
+              f"({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command()
+def export(workspace: Annotated[pathlib.Path, typer.Argument(help="A medflow workspace.")],
+           out_dir: Annotated[pathlib.Path, typer.Option("--out", help="Output folder.")],
+           fmt: Annotated[str, typer.Option("--format", help="Output format (nifti).")] = "nifti",
+           catalog_url: Annotated[str | None, typer.Option(help="Catalog URL if not the workspace's SQLite.")] = None
+           ) -> None:
+    """Export every converted volume (one .nii.gz each, RAS affine) and index.csv."""
+    from storage.export import export_nifti
+
+    if fmt != "nifti":
+        _fail(f"--format must be 'nifti', got {fmt!r}")
+    try:
+        rows = export_nifti(workspace, out_dir, catalog_url=catalog_url)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    out.print(f"{len(rows)} volumes written to {out_dir} (index.csv)")
+
+
+@app.command()
+def features(image: Annotated[pathlib.Path, typer.Option(help="Image: NIfTI or NRRD.")],
+             mask: Annotated[pathlib.Path, typer.Option(help="Mask: NIfTI or NRRD on the image grid.")],
+             out_csv: Annotated[pathlib.Path, typer.Option("--out", help="Output CSV.")],
+             preset: Annotated[str | None, typer.Option(help="IBSI preset, e.g. ibsi-config-c.")] = None,
+             settings: Annotated[pathlib.Path | None, typer.Option(help="Feature settings YAML.")] = None,
+             roi: Annotated[str | None, typer.Option(help="ROI label value or name.")] = None) -> None:
+    """IBSI-1 features of one ROI as a CSV (one row per feature value)."""
+    from medflow.features_cli import run_features
+
+    if (preset is None) == (settings is None):
+        _fail("give exactly one of --preset or --settings")
+    try:
+        table = run_features(image, mask, preset=preset, settings_file=settings, roi=roi, out=out_csv)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out.print(f"{len(table)} feature values written to {out_csv}")
+
+
+@app.command("filter")
+def filter_(image: Annotated[pathlib.Path, typer.Argument(help="Image: NIfTI or NRRD.")],
+            filter_yaml: Annotated[pathlib.Path, typer.Option("--filter", help="Filter YAML (IBSI-2 vocabulary).")],
+            out_path: Annotated[pathlib.Path, typer.Option("--out", help="Output response map (.nii.gz).")]) -> None:
+    """Apply one IBSI-2 filter described in YAML and write the response map."""
+    from medflow.filter_cli import run_filter
+
+    try:
+        run_filter(image, filter_yaml, out_path)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out.print(f"response map written to {out_path}")
+
+
+@app.command()
+def deidentify(in_dir: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM files.")],
+               out_dir: Annotated[pathlib.Path, typer.Argument(help="Output folder (must not be inside IN_DIR).")],
+               config: Annotated[pathlib.Path | None, typer.Option(help="YAML with a 'collection' section.")] = None,
+               workspace: Annotated[pathlib.Path | None, typer.Option(help="Workspace for the vault/quarantine.")] = None
+               ) -> None:
+    """Write de-identified DICOM (PS3.15 Annex E Basic Profile + configured options)."""
+    from medflow.config import CollectionConfig
+    from medflow.deid_cli import run_deidentify
+    from storage.deid.options import DeidOptions
+
+    try:
+        section = {}
+        if config is not None:
+            import yaml
+
+            section = (yaml.safe_load(config.read_text()) or {}).get("collection", {})
+        coll = CollectionConfig.model_validate(section)
+        options = DeidOptions(**{name: getattr(coll, name) for name in (
+            "retain_longitudinal_modified_dates", "retain_patient_characteristics", "clean_descriptors",
+            "retain_safe_private", "allow_burned_in")})
+        run_deidentify(in_dir, out_dir, options=options, workspace=workspace, echo=out.print)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("medflow: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

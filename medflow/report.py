@@ -1,0 +1,132 @@
+"""HTML decision-support report: slices with mask overlays, QC, segmentation scores, features, models.
+
+Everything shown is keyed by pseudonymous keys; no PHI reaches the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+.fig{display:inline-block;margin:6px;text-align:center;font-size:.8em}
+.skip{color:#8a5a00} .err{color:#a00} .muted{color:#777;font-size:.85em}
+"""
+
+
+def overlay_png(volume: np.ndarray, masks: list[tuple[str, np.ndarray]], *, spacing: tuple[float, ...],
+                title: str) -> str:
+    """PNG (base64) of the axial slice through the largest mask, contours of every mask on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    areas = [m.reshape(m.shape[0], -1).sum(axis=1) for _, m in masks if m.any()]
+    z = int(np.argmax(np.sum(areas, axis=0))) if areas else volume.shape[0] // 2
+    img = volume[z].astype(np.float32)
+    lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 1)
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=90)
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
+              aspect=float(spacing[1] / spacing[2]) if len(spacing) == 3 else 1.0)
+    colours = ["#ff3030", "#30c0ff", "#ffd700", "#40ff40", "#ff60ff"]
+    for i, (name, m) in enumerate(masks):
+        if m[z].any():
+            ax.contour(m[z].astype(float), levels=[0.5], colors=[colours[i % len(colours)]], linewidths=1.2)
+            ax.plot([], [], color=colours[i % len(colours)], label=name)
+    if masks:
+        ax.legend(loc="lower right", fontsize=6, framealpha=0.6)
+    ax.set_title(f"{title} (slice {z})", fontsize=8)
+    ax.axis("off")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(df: pd.DataFrame, *, max_rows: int = 200, floatfmt: str = "{:.4g}") -> str:
+    if df is None or df.empty:
+        return "<p class='muted'>(none)</p>"
+    return df.head(max_rows).to_html(index=False, border=0, float_format=lambda v: floatfmt.format(v),
+                                     na_rep="–", escape=True)
+
+
+def _status(block: dict[str, Any]) -> str:
+    if isinstance(block, dict) and block.get("status") not in (None, "ok"):
+        return f"<p class='skip'>{html.escape(str(block.get('status')))}: {html.escape(str(block.get('reason', '')))}</p>"
+    return ""
+
+
+def render(*, volumes: list[dict[str, Any]], figures: list[tuple[str, str]], qc: pd.DataFrame,
+           quarantine: pd.DataFrame, evaluation: pd.DataFrame, features: pd.DataFrame,
+           discovery: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medflow report</title><style>{_CSS}</style>"
+             "</head><body><h1>medflow decision-support report</h1>",
+             "<p class='muted'>Research use only. Cases are identified by pseudonymous keys; the pseudonym map is "
+             "held encrypted in the workspace vault.</p>"]
+    vt = pd.DataFrame([{"volume": v["volume_key"], "patient": v["patient_key"], "modality": v.get("modality"),
+                        "shape": "×".join(map(str, v.get("shape", []))),
+                        "spacing (mm)": " × ".join(f"{s:.3g}" for s in v.get("spacing", []))} for v in volumes])
+    parts += ["<h2>Volumes</h2>", _table(vt)]
+    parts += ["<h2>Images and ROIs</h2>"]
+    parts += [f"<div class='fig'><img src='data:image/png;base64,{png}'><br>{html.escape(cap)}</div>"
+              for cap, png in figures]
+    parts += ["<h2>Quality control</h2>", _table(qc), "<h3>Quarantined inputs</h3>", _table(quarantine)]
+    parts += ["<h2>Automatic segmentation vs reference</h2>",
+              "<p class='muted'>Best-matching automatic component per reference ROI: Dice, 95th-percentile "
+              "Hausdorff distance (mm), volume difference (ml, automatic − reference).</p>", _table(evaluation)]
+    if not features.empty:
+        key = features[features["family"].isin(["morph", "stat"])] if "family" in features else features
+        pick = key[key["feature"].isin(["volume_mesh", "vol", "volume", "mean", "variance", "skewness", "kurtosis",
+                                        "area_mesh", "sphericity", "max", "min", "median"])]
+        if pick.empty:
+            pick = key
+        wide = pick.pivot_table(index=["volume_key", "roi_name"], columns="feature", values="value",
+                                aggfunc="first").reset_index() if not pick.empty else pick
+        parts += ["<h2>Features (selection)</h2>",
+                  f"<p class='muted'>{len(features)} feature values over "
+                  f"{features[['volume_key', 'roi_name']].drop_duplicates().shape[0]} ROIs; the full table is "
+                  "features.parquet in the report's artifact folder.</p>", _table(wide)]
+    parts.append("<h2>Knowledge discovery</h2>")
+    for modality, res in (discovery.get("modalities") or {}).items():
+        parts.append(f"<h3>{html.escape(modality)}: {res.get('n_cases')} cases, {res.get('n_features')} features</h3>")
+        sim = res.get("similar", {})
+        parts.append("<h4>Similar cases</h4>" + (_status(sim) or _table(pd.DataFrame(sim.get("neighbours") or []))))
+        mining = res.get("mining", {})
+        parts.append("<h4>Case mining</h4>" + (_status(mining) or
+                     f"<p>{mining.get('n_clusters')} clusters (silhouette {mining.get('silhouette')})</p>"))
+        pred = res.get("prediction", {})
+        parts.append("<h4>Prediction</h4>")
+        if "status" in pred:
+            parts.append(_status(pred))
+        else:
+            for kind, p in pred.items():
+                parts.append(f"<p><b>{html.escape(kind)}</b>: " + (_status(p) or html.escape(
+                    ", ".join(f"{k} {v:.3f}" for k, v in (p.get("mean_metrics") or {}).items()
+                              if isinstance(v, float)))) + "</p>")
+        parts.append("<h4>Efficacy</h4>" + (_status(res.get("efficacy", {})) or
+                     f"<pre>{html.escape(str(res.get('efficacy')))[:2000]}</pre>"))
+        ds = res.get("decision_support") or []
+        if ds:
+            rows = [{"case": d.get("case", {}).get("volume_key", "") if isinstance(d.get("case"), dict) else "",
+                     "summary": "; ".join(map(str, d.get("caveats", [])))[:300]} for d in ds]
+            parts.append("<h4>Decision support</h4>" + _table(pd.DataFrame(rows)))
+    parts += ["<h2>Provenance</h2>", f"<pre>{html.escape(_fmt(provenance))}</pre></body></html>"]
+    return "\n".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1, sort_keys=True, default=str)

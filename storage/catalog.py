@@ -1,0 +1,152 @@
+"""The catalog: one relational view of everything a workspace holds (SQLite by default, any SQLAlchemy URL).
+
+Tables: patient, study, series, volume, mask, artifact, qc_finding, quarantine.
+Keys are pseudonymous (``P...``, ``S...``); URIs are relative to the workspace.
+No PHI is ever written here. Writes are idempotent upserts, so registering the
+same run twice (or a cached rerun) changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    patient_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class Study(Base):
+    __tablename__ = "study"
+    study_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    patient_key: Mapped[str] = mapped_column(ForeignKey("patient.patient_key"))
+
+
+class Series(Base):
+    __tablename__ = "series"
+    series_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study_key: Mapped[str] = mapped_column(ForeignKey("study.study_key"))
+    modality: Mapped[str] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Volume(Base):
+    __tablename__ = "volume"
+    volume_key: Mapped[str] = mapped_column(String(48), primary_key=True)
+    series_key: Mapped[str] = mapped_column(ForeignKey("series.series_key"))
+    uri: Mapped[str] = mapped_column(String(512))
+    digest: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(8))
+    shape: Mapped[Any] = mapped_column(JSON)
+    spacing: Mapped[Any] = mapped_column(JSON)
+    meta: Mapped[Any] = mapped_column(JSON)
+
+
+class Mask(Base):
+    __tablename__ = "mask"
+    mask_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    volume_key: Mapped[str] = mapped_column(ForeignKey("volume.volume_key"))
+    roi_name: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    uri: Mapped[str] = mapped_column(String(512))
+    digest: Mapped[str] = mapped_column(String(80))
+    voxels: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Artifact(Base):
+    __tablename__ = "artifact"
+    uri: Mapped[str] = mapped_column(String(512), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(80))
+    stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    meta: Mapped[Any] = mapped_column(JSON)
+
+
+class QCFindingRow(Base):
+    __tablename__ = "qc_finding"
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)  # series_key:volume_index:code
+    series_key: Mapped[str] = mapped_column(String(32))
+    code: Mapped[str] = mapped_column(String(48))
+    severity: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(String(512))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class QuarantineRow(Base):
+    __tablename__ = "quarantine"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(48))
+    detail: Mapped[str] = mapped_column(String(512))
+    exception_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+def default_url(workspace: str | pathlib.Path) -> str:
+    return f"sqlite:///{pathlib.Path(workspace).resolve() / 'catalog.sqlite'}"
+
+
+class Catalog:
+    """Idempotent writer/reader of the catalog tables."""
+
+    def __init__(self, url: str):
+        self.engine = create_engine(url, future=True)
+        Base.metadata.create_all(self.engine)
+
+    @classmethod
+    def for_workspace(cls, workspace: str | pathlib.Path, url: str | None = None) -> Catalog:
+        return cls(url or default_url(workspace))
+
+    def upsert(self, rows: list[Base]) -> None:
+        with Session(self.engine) as session, session.begin():
+            for row in rows:
+                session.merge(row)
+
+    def register_volume(self, ref: Any) -> None:
+        m = ref.meta
+        self.upsert([
+            Patient(patient_key=m["patient_key"]),
+            Study(study_key=m["study_key"], patient_key=m["patient_key"]),
+            Series(series_key=m["series_key"], study_key=m["study_key"], modality=m.get("modality", ""),
+                   series_number=m.get("series_number")),
+            Volume(volume_key=m["volume_key"], series_key=m["series_key"], uri=ref.uri, digest=ref.digest,
+                   kind=m.get("kind", "3d"), shape=m.get("shape"), spacing=m.get("spacing"),
+                   meta=json.loads(json.dumps(m.get("info", {})))),
+        ])
+
+    def register_mask(self, ref: Any) -> None:
+        m = ref.meta
+        self.upsert([Mask(mask_key=m["mask_key"], volume_key=m["volume_key"], roi_name=m["roi_name"],
+                          source=m.get("source", "rtstruct"), uri=ref.uri, digest=ref.digest,
+                          voxels=m.get("voxels"))])
+
+    def register_artifact(self, ref: Any, *, stage: str | None = None) -> None:
+        self.upsert([Artifact(uri=ref.uri, kind=ref.kind, digest=ref.digest, stage=stage, meta=dict(ref.meta))])
+
+    def register_qc(self, series_key: str, findings: list[dict[str, Any]], *, volume_index: int = 0) -> None:
+        self.upsert([QCFindingRow(id=f"{series_key}:{volume_index}:{f['code']}", series_key=series_key,
+                                  code=f["code"], severity=f["severity"], message=f["message"][:512],
+                                  value=f.get("value")) for f in findings])
+
+    def register_quarantine(self, records: list[dict[str, Any]]) -> None:
+        self.upsert([QuarantineRow(sha256=r["sha256"], reason=r["reason"], detail=r["detail"][:512],
+                                   exception_type=r.get("exception_type")) for r in records])
+
+    def count(self, table: type[Base]) -> int:
+        with Session(self.engine) as session:
+            return len(session.scalars(select(table)).all())
+
+    def volumes(self) -> list[Volume]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(Volume).order_by(Volume.volume_key)).all())
+
+    def masks(self) -> list[Mask]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(Mask).order_by(Mask.mask_key)).all())

@@ -1,0 +1,141 @@
+"""Collection into a workspace: DICOM folder -> guarded, pseudonymised Zarr volumes and masks.
+
+This is the storage side of the collection stage. It runs inside one Prefect task
+and is the de-identification boundary: raw headers, patient IDs and UIDs stay in
+memory here; what is written (Zarr attrs, ``collection.json``, quarantine records,
+catalog rows) carries only pseudonymous keys and whitelisted, PHI-free facts.
+The pseudonym map is recorded in the encrypted vault, the only way back.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from storage.dicom import collect_folder
+from storage.dicom.guard import GuardLimits
+from storage.dicom.model import ConvertedVolume, Rejection
+from storage.pseudonym import PseudonymKeys
+from storage.quarantine import QuarantineStore
+from storage.vault import Vault
+from storage.volumes import write_array
+
+_SAFE_ROI = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+@dataclass
+class CollectedVolume:
+    rel: str  # folder relative to the collection artifact folder
+    meta: dict[str, Any]
+
+
+@dataclass
+class CollectedMask:
+    rel: str
+    meta: dict[str, Any]
+
+
+@dataclass
+class CollectionSummary:
+    volumes: list[CollectedVolume] = field(default_factory=list)
+    masks: list[CollectedMask] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    routed: list[dict[str, Any]] = field(default_factory=list)
+    qc: list[dict[str, Any]] = field(default_factory=list)
+    n_files: int = 0
+
+
+def rejection_record(rej: Rejection) -> dict[str, Any]:
+    return {"sha256": rej.sha256, "reason": rej.reason, "detail": rej.detail,
+            "exception_type": rej.exception_type, "series_key": rej.series_key}
+
+
+def guard_limits(config: Any) -> GuardLimits:
+    return GuardLimits(max_pixel_bytes=int(config.max_pixel_bytes), max_inflated_bytes=int(config.max_inflated_bytes),
+                       decode_timeout_s=float(config.file_timeout_s), worker_memory_bytes=int(config.file_memory_bytes))
+
+
+def _volume_qc(vol: ConvertedVolume) -> list[dict[str, Any]]:
+    """QC findings of one converted volume (PHI-free dicts)."""
+    from imaging import qc
+
+    return [f if isinstance(f, dict) else f.as_dict() for f in qc.volume_findings(vol.volume, vol.meta)]
+
+
+def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
+                 workspace: pathlib.Path, run_id: str | None = None) -> CollectionSummary:
+    """Convert every series under ``source`` and write volumes/masks below ``folder`` (a staging folder).
+
+    Quarantine records go to ``WORKSPACE/quarantine`` (one per file hash); the pseudonym map
+    to the encrypted vault. Returns the PHI-free summary.
+    """
+    result = collect_folder(source, max_pixel_bytes=int(config.max_pixel_bytes), guard_limits=guard_limits(config))
+    out = CollectionSummary(n_files=result.n_files)
+    vault = Vault(workspace, keys)
+    by_series: dict[tuple[str, int], str] = {}
+    pairs: dict[str, set[tuple[str, str]]] = {"patient": set(), "study": set(), "series": set()}
+
+    for vol in sorted(result.volumes, key=lambda v: (keys.series_key(v.series_uid), v.volume_index)):
+        patient_key = keys.patient_key(vol.patient_id)
+        study_key = keys.study_key(vol.study_uid)
+        series_key = keys.series_key(vol.series_uid)
+        volume_key = keys.volume_key(series_key, vol.volume_index)
+        pairs["patient"].add((vol.patient_id, patient_key))
+        pairs["study"].add((vol.study_uid, study_key))
+        pairs["series"].add((vol.series_uid, series_key))
+        by_series[(vol.series_uid, vol.volume_index)] = volume_key
+        findings = _volume_qc(vol)
+        for f in findings:
+            out.qc.append({"volume_key": volume_key, "series_key": series_key, **f})
+        if any(f["severity"] == "error" for f in findings):
+            codes = ",".join(sorted({f["code"] for f in findings if f["severity"] == "error"}))
+            out.rejections.append({"sha256": volume_key, "reason": "qc_failed", "series_key": series_key,
+                                   "detail": f"series failed QC ({codes}); not converted", "exception_type": None})
+            continue
+        rel = f"volumes/{volume_key}"
+        meta = {
+            "patient_key": patient_key, "study_key": study_key, "series_key": series_key,
+            "volume_key": volume_key, "volume_index": vol.volume_index, "kind": vol.kind,
+            "modality": vol.meta.get("modality"), "series_number": vol.meta.get("series_number"),
+            "shape": list(vol.volume.shape), "spacing": [float(s) for s in vol.spacing],
+            "dtype": str(vol.volume.dtype), "info": vol.meta,
+        }
+        write_array(folder / rel, vol.volume, affine=vol.affine, spacing=vol.spacing,
+                    attrs={"medflow": {k: v for k, v in meta.items() if k != "info"}, "dicom": vol.meta},
+                    chunk_mb=float(config.chunk_mb))
+        out.volumes.append(CollectedVolume(rel=rel, meta=meta))
+
+    for i, m in enumerate(sorted(result.masks, key=lambda m: (keys.series_key(m.referenced_series_uid),
+                                                                m.referenced_volume_index, m.roi_name))):
+        volume_key = by_series.get((m.referenced_series_uid, m.referenced_volume_index))
+        if volume_key is None:
+            out.rejections.append({"sha256": f"mask-{i}", "reason": "mask_reference_missing", "series_key": None,
+                                   "detail": "mask references a series that was not converted", "exception_type": None})
+            continue
+        vol_meta = next(v.meta for v in out.volumes if v.meta["volume_key"] == volume_key)
+        roi = _SAFE_ROI.sub("_", m.roi_name)[:64] or "roi"
+        mask_key = f"{volume_key}.m{i}"
+        rel = f"masks/{mask_key}"
+        affine = np.asarray(next(v.affine for v in result.volumes
+                                 if (v.series_uid, v.volume_index) == (m.referenced_series_uid,
+                                                                        m.referenced_volume_index)))
+        voxels = int(np.count_nonzero(m.mask))
+        meta = {"mask_key": mask_key, "volume_key": volume_key, "roi_name": roi, "source": m.source,
+                "patient_key": vol_meta["patient_key"], "modality": vol_meta["modality"], "voxels": voxels,
+                "shape": list(m.mask.shape)}
+        write_array(folder / rel, m.mask.astype(bool), affine=affine, spacing=tuple(vol_meta["spacing"]),
+                    attrs={"medflow": meta})
+        out.masks.append(CollectedMask(rel=rel, meta=meta))
+
+    for kind, items in pairs.items():
+        vault.record_many(kind, sorted(items))
+    store = QuarantineStore(workspace)
+    for rej in result.rejections:
+        store.add(rej, run_id=run_id)
+        out.rejections.append(rejection_record(rej))
+    out.routed = [rejection_record(r) for r in result.routed]
+    return out

@@ -1,0 +1,35 @@
+"""Knowledge-discovery stage task: case base -> mining, similar cases, prediction, efficacy, decision support."""
+
+from __future__ import annotations
+
+import pandas as pd
+from pydantic import BaseModel
+
+from medflow.config import DiscoveryConfig
+from storage.workspace import ArtifactRef, atomic_folder, canonical_json
+from tasks.common import Step, stage_task
+
+
+class DiscoveryOutput(BaseModel):
+    results: ArtifactRef
+    cases: ArtifactRef
+    n_cases: int
+
+
+@stage_task("discovery", "discover")
+def discover(workspace: str, features: list[ArtifactRef], clinical: ArtifactRef | None,
+             params: DiscoveryConfig) -> DiscoveryOutput:
+    from imaging.casebase import case_table, run_discovery
+
+    step = Step("discovery", "discover", workspace, features=features, clinical=clinical, params=params)
+    tables = [pd.read_parquet(step.ws.resolve(f)) for f in features]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    clin = pd.read_parquet(step.ws.resolve(clinical)) if clinical is not None else None
+    results = run_discovery(table, clin, label_column=params.label_column, treatment_column=params.treatment_column,
+                            outcome_column=params.outcome_column, classifiers=params.classifiers,
+                            cv_folds=params.cv_folds, n_similar=params.n_similar, random_state=params.random_state)
+    with atomic_folder(step.folder) as stage:
+        (stage / "discovery.json").write_text(canonical_json({"provenance": step.provenance(), **results}))
+        case_table(table).to_parquet(stage / "cases.parquet", index=False)
+    return DiscoveryOutput(results=step.ref("discovery", "discovery.json"), cases=step.ref("cases", "cases.parquet"),
+                           n_cases=int(results["n_cases"]))
