@@ -148,6 +148,8 @@ def test_projection_imager_pixel_spacing_and_magnification(tmp_path):
     v = convert_path(p)[0][0]
     assert v.spacing == pytest.approx((0.16, 0.16))
     assert v.meta["spacing_source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    v = convert_path(p, apply_magnification=False)[0][0]
+    assert v.spacing == pytest.approx((0.2, 0.2)) and v.meta["spacing_source"] == "ImagerPixelSpacing"
 
 
 def test_enhanced_ct_geometry_from_functional_groups():

@@ -36,7 +36,9 @@ class CollectionResult:
 
 
 def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024**3, pet_units: str = "as_stored",
-                   guard_limits: GuardLimits | None = None, guard_workers: int = 2) -> CollectionResult:
+                   guard_limits: GuardLimits | None = None, guard_workers: int = 2,
+                   apply_magnification: bool = True, seg_fractional_threshold: float = 0.5,
+                   rtstruct_slice_tolerance: float = 0.1) -> CollectionResult:
     """scan -> (guard) -> group -> convert images -> rasterise RTSTRUCT / SEG.
 
     Parameters
@@ -53,6 +55,13 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
         caller ran it already, or the input is trusted).
     guard_workers : int
         Worker processes for the guard's bounded decode.
+    apply_magnification : bool
+        See :func:`storage.dicom.convert.convert_series` (projection radiography spacing).
+    seg_fractional_threshold : float in (0, 1]
+        FRACTIONAL SEG voxels count as inside at value >= threshold x MaximumFractionalValue.
+    rtstruct_slice_tolerance : float
+        Contours further than this fraction of a slice from a slice centre are counted as
+        off-slice in the mask's ``meta`` (still filled on the nearest slice).
 
     Never raises for a bad file: problems are in ``rejections``.
     """
@@ -83,7 +92,8 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
     for g in groups:
         if g.object_kind != "image":
             continue
-        vols, rej = convert_series(g, max_pixel_bytes=max_pixel_bytes, pet_units=pet_units)  # type: ignore[arg-type]
+        vols, rej = convert_series(g, max_pixel_bytes=max_pixel_bytes, pet_units=pet_units,  # type: ignore[arg-type]
+                                   apply_magnification=apply_magnification)
         for v in vols:  # identity links for pseudonymisation (in memory only)
             v.patient_id, v.study_uid = g.patient_id, g.study_uid
         result.volumes.extend(vols)
@@ -99,11 +109,13 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
                     continue
                 try:
                     if g.object_kind == "rtstruct":
-                        masks, rej = rasterise_rtstruct(ds, result.volumes, sha256=e.sha256)
+                        masks, rej = rasterise_rtstruct(ds, result.volumes, sha256=e.sha256,
+                                                        slice_tolerance=rtstruct_slice_tolerance)
                     else:
                         from storage.dicom.seg import convert_seg
 
-                        masks, rej = convert_seg(ds, result.volumes, sha256=e.sha256, max_pixel_bytes=max_pixel_bytes)
+                        masks, rej = convert_seg(ds, result.volumes, sha256=e.sha256, max_pixel_bytes=max_pixel_bytes,
+                                                 fractional_threshold=seg_fractional_threshold)
                 except Exception as exc:  # noqa: BLE001
                     masks, rej = [], [Rejection(e.sha256, f"{g.object_kind}_failed",
                                                 f"the {g.object_kind} object could not be rasterised",

@@ -275,10 +275,11 @@ class _Slice:
 
 
 class _Decoded:
-    """Decode each file once (cache by sha256 within one plan)."""
+    """Per-plan context: decode each file once (cache by sha256) and carry the conversion options."""
 
-    def __init__(self, max_pixel_bytes: int):
+    def __init__(self, max_pixel_bytes: int, *, apply_magnification: bool = True):
         self.max = max_pixel_bytes
+        self.apply_magnification = apply_magnification
         self.cache: dict[str, np.ndarray] = {}
 
     def get(self, ds, key: str) -> np.ndarray:
@@ -750,7 +751,7 @@ def _build_legacy_multiframe(e: FileEntry, ds, group: SeriesGroup, dec: _Decoded
     meta["n_frames"] = int(frames.shape[0])
     colour = frames.ndim == 4
     vol = frames if colour else apply_rescale(frames, slope, inter)
-    ps, src, notes = _planar_spacing(ds)
+    ps, src, notes = _planar_spacing(ds, apply_magnification=dec.apply_magnification)
     if iop is not None and ipp is not None and gap and ps is not None and _s(ds, "Modality") not in ("US", "XA", "RF"):
         normal = slice_normal(iop)
         affine = affine_from_dicom(iop, ipp, ps, normal * gap)
@@ -848,7 +849,7 @@ def _build_2d(plan: VolumePlan, group: SeriesGroup, dec: _Decoded, rejections: l
     slope, inter, _ = _rescale_of(ds)
     colour = frames.ndim == 4
     img = frames[0] if colour else apply_rescale(frames, slope, inter)[0]
-    ps, src, notes = _planar_spacing(ds)
+    ps, src, notes = _planar_spacing(ds, apply_magnification=dec.apply_magnification)
     affine = _planar_affine(ds, ps)
     meta = base_meta(ds, n_files=1)
     meta.update(plan.key)
@@ -870,7 +871,8 @@ _BUILDERS = {"3d": _build_3d, "4d": _build_4d, "mosaic": _build_mosaic, "multifr
 
 
 def convert_series(group: SeriesGroup, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES,
-                   pet_units: PetUnits = "as_stored") -> tuple[list[ConvertedVolume], list[Rejection]]:
+                   pet_units: PetUnits = "as_stored",
+                   apply_magnification: bool = True) -> tuple[list[ConvertedVolume], list[Rejection]]:
     """Convert one image series into volumes.
 
     Parameters
@@ -884,6 +886,10 @@ def convert_series(group: SeriesGroup, *, max_pixel_bytes: int = DEFAULT_MAX_PIX
         PET values as stored*slope+intercept (default; ``meta["units"]`` says what they
         are) or multiplied by the body-weight SUV factor when ``Units == BQML`` and the
         header allows it (``meta["suvbw_status"]``, ``meta["suvbw_applied"]``).
+    apply_magnification : bool
+        Projection radiography with ImagerPixelSpacing only: divide by
+        EstimatedRadiographicMagnificationFactor when present (spacing at the patient plane,
+        default) or keep the detector spacing; ``meta["calibration"]`` says which.
 
     Returns
     -------
@@ -909,7 +915,7 @@ def convert_series(group: SeriesGroup, *, max_pixel_bytes: int = DEFAULT_MAX_PIX
     rejections.extend(rej)
     volumes: list[ConvertedVolume] = []
     for plan in plans:
-        dec = _Decoded(int(max_pixel_bytes))
+        dec = _Decoded(int(max_pixel_bytes), apply_magnification=bool(apply_magnification))
         try:
             built = _BUILDERS[plan.kind](plan, group, dec, rejections, pet_units)
         except PixelDataError as exc:
