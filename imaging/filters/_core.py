@@ -53,7 +53,7 @@ DASK_BOUNDARY: dict[str, Any] = {
     "mirror": "reflect",
 }
 
-WORK_DTYPE = np.float64
+WORK_DTYPE = np.float64  # kernels and float64 outputs
 
 Block = npt.NDArray[np.float64]
 BlockFn = Callable[[Block], Block]
@@ -152,9 +152,19 @@ def check_dtype(dtype: Any) -> np.dtype:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def as_work(volume: ArrayLike) -> ArrayLike:
-    """Cast to the float64 working dtype (lazily for dask)."""
-    return volume.astype(WORK_DTYPE, copy=False) if volume.dtype != WORK_DTYPE else volume
+def work_dtype(dtype: np.dtype) -> np.dtype:
+    """Working precision for an output ``dtype``: float32 for float32 (or smaller) outputs, else float64.
+
+    scipy.ndimage accumulates every 1-D line in double precision, so a float32 working copy only rounds
+    between passes (relative error ~1e-7, far below the IBSI-2 1% tolerance) and halves memory traffic.
+    """
+    return np.dtype(np.float64) if np.dtype(dtype).itemsize >= 8 else np.dtype(np.float32)
+
+
+def as_work(volume: ArrayLike, dtype: np.dtype) -> ArrayLike:
+    """Cast ``volume`` to the working dtype of output ``dtype`` (lazily for dask)."""
+    wd = work_dtype(dtype)
+    return volume.astype(wd, copy=False) if volume.dtype != wd else volume
 
 
 def run_stage(
@@ -163,22 +173,20 @@ def run_stage(
     *,
     radius: Sequence[int],
     boundary: IBSIBoundary,
-    dtype: npt.DTypeLike = WORK_DTYPE,
 ) -> ArrayLike:
     """Run one filter stage on a numpy array (directly) or a dask array (``map_overlap``).
 
     Parameters
     ----------
-    volume : ndarray or dask array, shape (n0, n1, n2), float64
-    fn : callable block -> block of the same shape; extends the block border with ``boundary``
+    volume : ndarray or dask array, shape (n0, n1, n2), float32 or float64 (the stage output dtype too)
+    fn : callable block -> block of the same shape and dtype; extends the block border with ``boundary``
         (scipy mode ``SCIPY_MODE[boundary]``).
     radius : int per axis
         Kernel radius (voxels) of the stage along each axis: the overlap ``depth``. An axis whose radius
         reaches the array size is made one chunk (depth 0), so ``fn`` applies the boundary itself.
     boundary : IBSI-2 boundary condition.
-    dtype : dtype of the stage output.
     """
-    out_dtype = np.dtype(dtype)
+    out_dtype = np.dtype(volume.dtype)
     if not isinstance(volume, da.Array):
         return np.asarray(fn(np.asarray(volume)), dtype=out_dtype)
     depth: dict[int, int] = {}
@@ -196,7 +204,7 @@ def run_stage(
     lazy: da.Array = volume.rechunk(whole) if whole else volume
 
     def _block(block: np.ndarray) -> np.ndarray:
-        return np.asarray(fn(np.asarray(block, dtype=WORK_DTYPE)), dtype=out_dtype)
+        return np.asarray(fn(np.asarray(block, dtype=out_dtype)), dtype=out_dtype)
 
     return lazy.map_overlap(
         _block,
@@ -246,7 +254,7 @@ def separable_convolve(
     for k, ax in zip(kernels, axes, strict=True):
         if k is None:
             continue
-        out = ndi.convolve1d(out, k, axis=ax, mode=mode, cval=0.0, output=WORK_DTYPE)
+        out = ndi.convolve1d(out, k, axis=ax, mode=mode, cval=0.0, output=block.dtype)
     return out
 
 

@@ -187,7 +187,7 @@ def gabor_filter(
             shape = [1, 1, 1]
             shape[ay], shape[ax] = k.shape
             # kernel axes (y, x) go to (ay, ax); ay < ax in every plane
-            kern = k.reshape(shape)
+            kern = k.reshape(shape).astype(np.result_type(block.dtype, np.complex64), copy=False)
             res = signal.fftconvolve(padded, kern, mode="valid", axes=(ay, ax))
             if response == "modulus":
                 pool.add(np.abs(res))
@@ -195,6 +195,6 @@ def gabor_filter(
                 pool.add(res.real.copy())
             else:
                 pool.add(res.imag.copy())
-        return np.asarray(pool.result(), dtype=np.float64)
+        return np.asarray(pool.result(), dtype=block.dtype)
 
-    return finish(run_stage(as_work(vol), _fn, radius=radius, boundary=bnd), dt)
+    return finish(run_stage(as_work(vol, dt), _fn, radius=radius, boundary=bnd), dt)

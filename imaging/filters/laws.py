@@ -11,7 +11,6 @@ from scipy import ndimage as ndi
 
 from imaging.filters._core import (
     SCIPY_MODE,
-    WORK_DTYPE,
     Pool,
     as_work,
     check_boundary,
@@ -128,14 +127,14 @@ def laws_filter(
             pool.add(separable_convolve(block, chain[0], axes, mode))
         return np.asarray(pool.result())
 
-    out = run_stage(as_work(vol), _fn, radius=radius, boundary=bnd)
+    out = run_stage(as_work(vol, dt), _fn, radius=radius, boundary=bnd)
     if delta is not None:
         size = 2 * delta + 1
         box = tuple(size if ax in axes else 1 for ax in range(3))
         e_radius = [delta if ax in axes else 0 for ax in range(3)]
 
         def _energy(block: np.ndarray) -> np.ndarray:
-            return ndi.uniform_filter(np.abs(block), size=box, mode=mode, cval=0.0, output=WORK_DTYPE)
+            return ndi.uniform_filter(np.abs(block), size=box, mode=mode, cval=0.0, output=block.dtype)
 
         out = run_stage(out, _energy, radius=e_radius, boundary=bnd)
     return finish(out, dt)

@@ -93,10 +93,10 @@ def laplacian_of_gaussian(
         radius[ax] = r
 
     def _fn(block: np.ndarray) -> np.ndarray:
-        out = np.zeros(block.shape, dtype=np.float64)
+        out = np.zeros(block.shape, dtype=block.dtype)
         for i in range(len(axes)):
             kernels = [second[j] if j == i else gauss[j] for j in range(len(axes))]
             out += separable_convolve(block, kernels, axes, mode)
         return out
 
-    return finish(run_stage(as_work(vol), _fn, radius=radius, boundary=boundary), dt)
+    return finish(run_stage(as_work(vol, dt), _fn, radius=radius, boundary=boundary), dt)

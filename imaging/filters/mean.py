@@ -10,7 +10,6 @@ from scipy import ndimage as ndi
 
 from imaging.filters._core import (
     SCIPY_MODE,
-    WORK_DTYPE,
     as_work,
     check_boundary,
     check_dimensions,
@@ -62,6 +61,6 @@ def mean_filter(
     radius = (r, r, r) if nd == 3 else (0, r, r)
 
     def _fn(block: np.ndarray) -> np.ndarray:
-        return ndi.uniform_filter(block, size=size, mode=mode, cval=0.0, output=WORK_DTYPE)
+        return ndi.uniform_filter(block, size=size, mode=mode, cval=0.0, output=block.dtype)
 
-    return finish(run_stage(as_work(vol), _fn, radius=radius, boundary=boundary), dt)
+    return finish(run_stage(as_work(vol, dt), _fn, radius=radius, boundary=boundary), dt)

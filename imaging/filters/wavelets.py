@@ -107,7 +107,7 @@ def wavelet_filter(
     stages.append([dilate_kernel(k, 2 ** (lev - 1)) for k in final])
     chains = unique_rotations(stages, nd, bool(rotation_invariance))
 
-    work = as_work(vol)
+    work = as_work(vol, dt)
     cache: dict[tuple, ArrayLike] = {}
     pool = Pool(pool_kind)
     for chain in chains:
