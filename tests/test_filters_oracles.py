@@ -516,3 +516,29 @@ def test_float32_working_precision_matches_float64(vol20: np.ndarray, case: str)
         out = np.asarray(call(x))
         assert out.dtype == np.float32
         assert np.max(np.abs(out - f64)) < 2e-6 * span
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_kernel_longer_than_the_array(boundary: str) -> None:
+    """Radius >= axis length: the dask path filters that axis in one chunk; both equal explicit padding."""
+    from imaging.filters._core import NUMPY_MODE
+    from imaging.filters.log import gaussian_kernels_1d, log_radius
+
+    x = np.random.default_rng(4).normal(size=(6, 30, 30))
+    kw = dict(spacing=(1.0, 1.0, 1.0), sigma_mm=2.0, truncate=4.0, boundary=boundary, dtype=F64)
+    r = log_radius(2.0, 4.0)
+    assert r >= x.shape[0]
+    expected_np = laplacian_of_gaussian(x, **kw)
+    lazy = laplacian_of_gaussian(da.from_array(x, chunks=(3, 7, 7)), **kw)
+    np.testing.assert_allclose(lazy.compute(), expected_np, atol=1e-12)
+    # explicit: pad with numpy's equivalent mode, full 'valid' separable convolution
+    g, d2 = gaussian_kernels_1d(2.0, r)
+    p = np.pad(x, r, mode=NUMPY_MODE[boundary])
+    ref = np.zeros(x.shape)
+    for i in range(3):
+        t = p
+        for ax in range(3):
+            k = d2 if ax == i else g
+            t = np.apply_along_axis(lambda v, k=k: np.convolve(v, k, mode="valid"), ax, t)
+        ref += t
+    np.testing.assert_allclose(expected_np, ref, atol=1e-10)
