@@ -26,12 +26,13 @@ no patient contributes to both the training and the test side of a split.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, get_args
+from typing import Any, ParamSpec, TypeVar, get_args
 
 import numpy as np
 import pandas as pd
@@ -75,9 +76,11 @@ __all__ = [
     "choose_folds",
     "cross_validate_classifier",
     "default_param_grid",
+    "fitted_pipeline",
     "model_card",
     "nested_cross_validate",
     "permutation_importance_table",
+    "single_threaded",
     "to_jsonable",
 ]
 
@@ -115,6 +118,26 @@ class InsufficientDataError(ValueError):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def single_threaded(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with BLAS and OpenMP limited to one thread (:mod:`threadpoolctl`).
+
+    The matrices here are small (cases x features); native thread pools only add
+    contention: on the 2-core CI machine under load, logistic-regression fits were 20x and
+    k-means model selection 50x slower with the default pools. Parallelism, where wanted,
+    comes from ``n_jobs`` (process-based) instead.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with threadpool_limits(limits=1):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -909,14 +932,7 @@ def _run_cv_impl(
 
 
 def _run_cv(features: pd.DataFrame, labels: Any, **kwargs: Any) -> CVResult:
-    """Run :func:`_run_cv_impl` with BLAS limited to one thread.
-
-    The matrices are small (cases x features); multi-threaded BLAS only adds contention
-    (measured 20x slower logistic-regression fits on a loaded 2-core machine). Parallelism
-    comes from ``n_jobs`` instead.
-    """
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _run_cv_impl(features, labels, **kwargs)
+    return single_threaded(_run_cv_impl)(features, labels, **kwargs)
 
 
 def nested_cross_validate(
@@ -1087,7 +1103,7 @@ def permutation_importance_table(
     X, y, _ = _validate_xy(features, labels)
     classes = np.unique(y)
     scorer = _tuning_scorer(scoring, classes.size, _py(classes[-1]) if classes.size == 2 else None)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1):
         res = permutation_importance(
             model, X, y, scoring=scorer, n_repeats=n_repeats, random_state=random_state, n_jobs=n_jobs
         )

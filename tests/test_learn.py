@@ -76,9 +76,13 @@ def test_uncalibrated_cv_equals_sklearn_oracle(breast_cancer) -> None:
     X, y = breast_cancer
     r = cross_validate_classifier(X, y, kind="svm", folds=10, random_state=3, calibrate=False)
     pipe = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), SVC())
-    ref = cross_val_score(pipe, X, y, cv=StratifiedKFold(10, shuffle=True, random_state=3), scoring="accuracy")
+    ref = cross_val_score(
+        pipe, X, y, cv=StratifiedKFold(10, shuffle=True, random_state=3), scoring="accuracy"
+    )
     np.testing.assert_allclose(r.fold_metrics["accuracy"].to_numpy(), ref)
-    ref_auc = cross_val_score(pipe, X, y, cv=StratifiedKFold(10, shuffle=True, random_state=3), scoring="roc_auc")
+    ref_auc = cross_val_score(
+        pipe, X, y, cv=StratifiedKFold(10, shuffle=True, random_state=3), scoring="roc_auc"
+    )
     np.testing.assert_allclose(r.fold_metrics["roc_auc"].to_numpy(), ref_auc)
     assert not r.scores_are_probabilities and r.oof_proba is None
 
@@ -117,7 +121,9 @@ def test_string_labels_and_positive_class(breast_cancer) -> None:
     assert r.classes == ["benign", "malignant"]
     assert r.positive_label == "malignant"  # the larger sorted label, as in scikit-learn
     assert r.mean["roc_auc"] >= 0.99
-    r_b = cross_validate_classifier(X, names, kind="logistic_regression", folds=5, random_state=0, pos_label="benign")
+    r_b = cross_validate_classifier(
+        X, names, kind="logistic_regression", folds=5, random_state=0, pos_label="benign"
+    )
     assert r_b.positive_label == "benign"
     # AUC does not depend on which class is called positive; F1 does
     np.testing.assert_allclose(r_b.fold_metrics["roc_auc"], r.fold_metrics["roc_auc"], atol=1e-12)
@@ -130,8 +136,13 @@ def test_multiclass_iris_macro_auc() -> None:
     data = load_iris(as_frame=True)
     species = data.target.map(dict(enumerate(data.target_names)))
     r = nested_cross_validate(
-        data.data, species, kind="logistic_regression", outer_folds=5, inner_folds=3,
-        param_grid={"C": [1.0, 10.0]}, random_state=0,
+        data.data,
+        species,
+        kind="logistic_regression",
+        outer_folds=5,
+        inner_folds=3,
+        param_grid={"C": [1.0, 10.0]},
+        random_state=0,
     )
     assert r.positive_label is None and len(r.classes) == 3
     assert r.mean["roc_auc"] >= 0.98 and r.mean["accuracy"] >= 0.93
@@ -147,7 +158,9 @@ def test_other_kinds_and_missing_values(breast_cancer) -> None:
     rf = cross_validate_classifier(
         Xn, y, kind="random_forest", folds=5, random_state=0, params={"n_estimators": 50}, calibrate=False
     )
-    tree = cross_validate_classifier(Xn, y, kind="decision_tree", folds=5, random_state=0, params={"max_depth": 4})
+    tree = cross_validate_classifier(
+        Xn, y, kind="decision_tree", folds=5, random_state=0, params={"max_depth": 4}
+    )
     assert rf.mean["accuracy"] >= 0.93 and rf.mean["roc_auc"] >= 0.97
     assert tree.mean["accuracy"] >= 0.88
 
@@ -199,11 +212,19 @@ def test_too_few_cases_error_names_class_and_adapt(breast_cancer) -> None:
     assert r.fold_metrics["n_test"].sum() == len(Xs)
     # three cases per class is the minimum for nested CV (outer 3, inner 2)
     tiny = pd.DataFrame({"f": [0.0, 0.1, 0.2, 1.0, 1.1, 1.2]})
-    r3 = nested_cross_validate(tiny, ["a"] * 3 + ["b"] * 3, kind="logistic_regression",
-                               param_grid={"C": [1.0]}, random_state=0, adapt_folds=True)
+    r3 = nested_cross_validate(
+        tiny,
+        ["a"] * 3 + ["b"] * 3,
+        kind="logistic_regression",
+        param_grid={"C": [1.0]},
+        random_state=0,
+        adapt_folds=True,
+    )
     assert (r3.outer_folds, r3.inner_folds) == (3, 2)
     with pytest.raises(InsufficientDataError, match="class 'a'"):
-        nested_cross_validate(tiny.iloc[1:5], ["a", "a", "b", "b"], kind="svm", random_state=0, adapt_folds=True)
+        nested_cross_validate(
+            tiny.iloc[1:5], ["a", "a", "b", "b"], kind="svm", random_state=0, adapt_folds=True
+        )
 
 
 # ------------------------------------------------------------------- argument checks
