@@ -55,11 +55,10 @@ def parse_filter_spec(data: dict[str, Any], *, source: str = "filter spec") -> F
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(part) for part in err.get("loc", ())) or "(spec)"
-            value = err.get("input")
-            shown = "" if loc == "(spec)" else f" (got {value!r})"
+            loc = ".".join(str(part) for part in err.get("loc", ()))
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            lines.append(f"field '{loc}': {msg}{shown}")
+            # model-level checks name their fields in the message itself
+            lines.append(f"field '{loc}': {msg} (got {err.get('input')!r})" if loc else msg)
         raise FilterSpecError(f"{source}: invalid filter specification:\n  " + "\n  ".join(lines)) from exc
 
 
