@@ -9,6 +9,7 @@ DICOM headers; each caches on the content of its inputs, its parameters and its
 stage's code version, with its cache record in ``WORKSPACE/results``.
 """
 
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -40,8 +41,9 @@ class _Runner:
         configured = self._tasks.get(task.name)
         if configured is None:
             configured = self._tasks[task.name] = task.with_options(result_storage=self.ws.results)
+        t0 = time.perf_counter()
         state = configured(*args, return_state=True, **kwargs)
-        self.tally.append({"task": task.name, "state": state.name})
+        self.tally.append({"task": task.name, "state": state.name, "seconds": round(time.perf_counter() - t0, 3)})
         if PROGRESS_HOOK is not None:
             PROGRESS_HOOK(task.name, state.name)
         return state.result()

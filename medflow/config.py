@@ -32,6 +32,12 @@ class CollectionConfig(_Model):
     retain_safe_private: bool = Field(False, description="PS3.15 option: keep an allow-list of safe private tags.")
     allow_burned_in: bool = Field(False, description="Accept images that may carry burned-in annotations (US, SC, XA...).")
     chunk_mb: float = Field(32.0, gt=0, description="Target Zarr chunk size in MiB.")
+    pet_units: Literal["as_stored", "suvbw"] = Field(
+        "as_stored", description="PET values as stored (after rescale) or converted to SUVbw when the tags allow it.")
+    apply_magnification: bool = Field(
+        True, description="Projection radiography: divide ImagerPixelSpacing by the estimated magnification.")
+    seg_fractional_threshold: float = Field(0.5, gt=0, le=1, description="Fractional DICOM SEG -> binary threshold.")
+    rtstruct_slice_tolerance: float = Field(0.1, gt=0, description="Contour-to-slice distance tolerance (slices).")
 
 
 class PreprocessingConfig(_Model):

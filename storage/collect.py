@@ -63,7 +63,7 @@ def _volume_qc(vol: ConvertedVolume) -> list[dict[str, Any]]:
     """QC findings of one converted volume (PHI-free dicts)."""
     from imaging import qc
 
-    return [f if isinstance(f, dict) else f.as_dict() for f in qc.volume_findings(vol.volume, vol.meta)]
+    return [f.as_dict() for f in qc.volume_findings(vol.volume, vol.meta, spacing=vol.spacing)]
 
 
 def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
@@ -73,7 +73,10 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     Quarantine records go to ``WORKSPACE/quarantine`` (one per file hash); the pseudonym map
     to the encrypted vault. Returns the PHI-free summary.
     """
-    result = collect_folder(source, max_pixel_bytes=int(config.max_pixel_bytes), guard_limits=guard_limits(config))
+    result = collect_folder(source, max_pixel_bytes=int(config.max_pixel_bytes), guard_limits=guard_limits(config),
+                            pet_units=config.pet_units, apply_magnification=config.apply_magnification,
+                            seg_fractional_threshold=config.seg_fractional_threshold,
+                            rtstruct_slice_tolerance=config.rtstruct_slice_tolerance)
     out = CollectionSummary(n_files=result.n_files)
     vault = Vault(workspace, keys)
     by_series: dict[tuple[str, int], str] = {}

@@ -1,8 +1,19 @@
+import os
 import pathlib
+import tempfile
 
 import pytest
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Prefect and the pseudonymisation secret are isolated per test session, before anything imports Prefect.
+_SESSION_HOME = pathlib.Path(tempfile.mkdtemp(prefix="medflow-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MEDFLOW_SECRET_KEY", "medflow-test-session-secret-not-for-real-data")
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +22,9 @@ def shared_data() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def sample_dicom() -> pathlib.Path:
+    """The bundled demo sample (always present: it is committed)."""
+    return REPO / "sample" / "ibsi_sts" / "dicom"

@@ -1,0 +1,172 @@
+"""The whole pipeline on real DICOM: outputs, content-addressed caching, moves, parameter changes, export."""
+
+import json
+import pathlib
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medflow.config import PipelineConfig
+
+pytestmark = pytest.mark.slow
+
+EXPECTED_ROIS = {"GTV_Mass_CT", "GTV_Mass_PET", "GTV_Mass_MR_T1"}
+
+
+def _run(source, workspace, **sections):
+    from flows.pipeline import pipeline
+
+    cfg = PipelineConfig(source=str(source), workspace=str(workspace), **sections)
+    t0 = time.perf_counter()
+    summary = pipeline(cfg)
+    return summary, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, sample_dicom):
+    root = tmp_path_factory.mktemp("pipe")
+    src = root / "incoming"
+    shutil.copytree(sample_dicom / "STS_008", src / "STS_008")
+    ws = root / "ws"
+    summary, seconds = _run(src, ws)
+    return {"root": root, "src": src, "ws": ws, "summary": summary, "seconds": seconds}
+
+
+def _states(summary):
+    out = {}
+    for t in summary["tasks"]["detail"]:
+        out.setdefault(t["task"], set()).add(t["state"])
+    return out
+
+
+def test_full_pipeline_outputs(first):
+    s, ws = first["summary"], first["ws"]
+    assert s["volumes"] == 3 and s["masks"] == 3 and s["quarantined"] == 0
+    assert s["tasks"]["ran"] == s["tasks"]["tasks"] == 12  # collect + 3 x (preprocess, segment, features) + discover + report
+    report = ws / s["report"]
+    html = report.read_text()
+    for roi in EXPECTED_ROIS:
+        assert roi in html
+    assert html.count("data:image/png;base64,") == 3
+    feats = pd.read_parquet(ws / s["features"])
+    assert EXPECTED_ROIS <= set(feats["roi_name"])
+    assert {"auto"} <= set(feats["roi_source"])
+    per_roi = feats[feats.roi_source != "auto"].groupby("roi_name").size()
+    assert (per_roi > 150).all(), per_roi
+    assert feats["value"].notna().mean() > 0.9
+    assert feats["ibsi_code"].str.len().gt(0).all()
+    # provenance on every feature row
+    for col in ("image_digest", "mask_digest", "settings_digest", "code_version"):
+        assert feats[col].notna().all()
+    # every artifact reference is relative to the workspace
+    assert not pathlib.Path(s["features"]).is_absolute()
+
+
+def test_catalog_holds_pseudonymous_rows(first):
+    from storage.catalog import Catalog, Mask, Patient, Volume
+
+    cat = Catalog.for_workspace(first["ws"])
+    assert cat.count(Patient) == 1 and cat.count(Volume) == 3 and cat.count(Mask) == 3
+    assert {m.roi_name for m in cat.masks()} == EXPECTED_ROIS
+    assert all(v.volume_key.startswith("R") for v in cat.volumes())
+
+
+def test_rerun_is_all_cache_hits_and_fast(first):
+    s, seconds = _run(first["src"], first["ws"])
+    assert s["tasks"]["ran"] == 0, s["tasks"]["detail"]
+    assert s["tasks"]["cached"] == first["summary"]["tasks"]["tasks"]
+    assert seconds < max(0.10 * first["seconds"], 15.0), (seconds, first["seconds"])
+
+
+def test_moving_workspace_and_source_recomputes_nothing(first):
+    moved_ws = first["root"] / "elsewhere" / "ws-moved"
+    moved_src = first["root"] / "renamed-incoming"
+    moved_ws.parent.mkdir()
+    shutil.move(first["ws"], moved_ws)
+    shutil.move(first["src"], moved_src)
+    try:
+        s, _ = _run(moved_src, moved_ws)
+        assert s["tasks"]["ran"] == 0, s["tasks"]["detail"]
+    finally:
+        shutil.move(moved_ws, first["ws"])
+        shutil.move(moved_src, first["src"])
+
+
+def test_changing_a_preprocessing_parameter_reruns_exactly_downstream(first):
+    from medflow.config import PreprocessingConfig
+
+    s, _ = _run(first["src"], first["ws"], preprocessing=PreprocessingConfig(denoise="gaussian", gaussian_sigma_mm=1.5))
+    states = _states(s)
+    assert states["collect"] == {"Cached"}
+    assert states["preprocess"] == {"Completed"}
+    assert states["segment"] == {"Completed"}
+    assert states["features"] == {"Completed"}
+    assert states["discover"] == {"Completed"} and states["report"] == {"Completed"}
+    # and back to the defaults: everything is a cache hit again
+    s2, _ = _run(first["src"], first["ws"])
+    assert s2["tasks"]["ran"] == 0
+
+
+def test_stale_cache_record_is_recomputed_not_trusted(first, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(first["ws"], ws)
+    # damage one artifact behind a cache record: its Zarr chunk files vanish
+    feats = json.loads((ws / first["summary"]["report_artifact"]).parent.joinpath("provenance.json").read_text())
+    assert feats["stage"] == "report"
+    victim = next((ws / "artifacts" / "preprocessing").rglob("volume.zarr"))
+    shutil.rmtree(victim / "data")
+    s, _ = _run(first["src"], ws)
+    states = [t for t in s["tasks"]["detail"] if t["task"] == "preprocess"]
+    assert sum(t["state"] == "Completed" for t in states) == 1, states
+
+
+def test_export_writes_one_nifti_per_volume(first, tmp_path):
+    from typer.testing import CliRunner
+
+    from medflow.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(first["ws"]), "--format", "nifti", "--out", str(tmp_path / "nii")])
+    assert res.exit_code == 0, res.output
+    index = pd.read_csv(tmp_path / "nii" / "index.csv")
+    assert len(index) == 3
+    assert set(index.columns) >= {"volume_key", "series_number", "modality", "shape", "path"}
+    assert set(index["modality"]) == {"CT", "PT", "MR"}
+    for p in index["path"]:
+        assert (tmp_path / "nii" / p).is_file()
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    from typer.testing import CliRunner
+
+    from medflow.cli import app
+
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "missing"), "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code != 0
+    assert "source folder does not exist" in res.output
+    res = CliRunner().invoke(app, ["export", str(tmp_path), "--format", "dicom", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "--format" in res.output
+
+
+def test_single_series_exports_exactly_one_nifti_equal_to_dcm2niix(shared_data, tmp_path):
+    """XA30 classic series -> ingest -> export: one NIfTI, voxel-equal to dcm2niix in world space."""
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from flows.pipeline import ingest
+    from medflow.cli import app
+
+    src = shared_data / "siemens_xa30i_t1w_classic" / "In"
+    ws = tmp_path / "ws"
+    ingest(PipelineConfig(source=str(src), workspace=str(ws)))
+    res = CliRunner().invoke(app, ["export", str(ws), "--out", str(tmp_path / "nii")])
+    assert res.exit_code == 0, res.output
+    files = sorted((tmp_path / "nii").glob("*.nii.gz"))
+    assert len(files) == 1
+    ours = nib.as_closest_canonical(nib.load(files[0]))
+    ref = nib.as_closest_canonical(nib.load(next((shared_data / "siemens_xa30i_t1w_classic" / "Ref").glob("*.nii.gz"))))
+    assert ours.shape == ref.shape
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(ref.dataobj))
+    np.testing.assert_allclose(ours.affine, ref.affine, atol=0.01)
