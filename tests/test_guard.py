@@ -500,3 +500,38 @@ def test_argument_validation(ct):
         GuardLimits(max_rows=0)
     with pytest.raises(ValueError, match="decode_timeout_s"):
         GuardLimits(decode_timeout_s=0)
+
+
+def test_known_digest_path_gives_the_same_verdicts(ct, tmp_path):
+    """``sha256s`` (digests from the scan) skips re-hashing; verdicts must not change."""
+    from storage.workspace import sha256_file
+
+    data = ct.read_bytes()
+    files = [ct, _testfile("693_J2KI.dcm", tmp_path), _testfile("image_dfl.dcm", tmp_path)]
+    for frac in (0.05, 0.5):
+        p = tmp_path / f"cut{frac}.dcm"
+        p.write_bytes(data[: int(len(data) * frac)])
+        files.append(p)
+    p = tmp_path / "flip.dcm"
+    p.write_bytes(_with_transfer_syntax(data, ExplicitVRBigEndian))
+    files.append(p)
+    p = tmp_path / "px4gb.dcm"
+    p.write_bytes(_set_length(data, b"\xe0\x7f\x10\x00", 0xFFFFFFF0))
+    files.append(p)
+    files.append(_modify(ct, tmp_path / "huge.dcm", Rows=65535, Columns=65535, NumberOfFrames=1000))
+    files.append(_with_nesting(ct, tmp_path / "deep.dcm", 400))
+    plain = guard_files(files, limits=LIMITS)
+    known = guard_files(files, limits=LIMITS, sha256s={f: sha256_file(f) for f in files})
+    assert {f: r and (r.reason, r.sha256) for f, r in plain.items()} == \
+        {f: r and (r.reason, r.sha256) for f, r in known.items()}
+    assert [plain[f] is None for f in files[:3]] == [True, True, True]
+    assert all(plain[f] is not None for f in files[3:])
+
+
+def test_multi_valued_rows_is_invalid(ct, tmp_path):
+    data = ct.read_bytes()
+    i = data.index(b"\x28\x00\x10\x00\x02\x00\x00\x00", _body_offset(data))  # Rows, US, 2 bytes
+    p = tmp_path / "rows_vm2.dcm"
+    p.write_bytes(data[:i] + b"\x28\x00\x10\x00\x04\x00\x00\x00" + data[i + 8:i + 10] * 2 + data[i + 10:])
+    rej = guard_file(p, limits=LIMITS)
+    assert rej is not None and rej.reason == "invalid_attribute" and "Rows" in rej.detail

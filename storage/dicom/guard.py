@@ -75,6 +75,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -87,7 +88,7 @@ import time
 import warnings
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, BinaryIO
@@ -284,6 +285,7 @@ class _Structure:
     pixel_offset: int = 0  # value offset in the parsed stream
     pixel_length: int | None = None  # None = undefined length (encapsulated)
     fragments: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (offset, length)
+    values: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # wanted tag -> (offset, length)
 
 
 def _walk(fp: BinaryIO, start: int, end: int, *, implicit: bool, little: bool, max_depth: int) -> _Structure:
@@ -356,6 +358,8 @@ def _walk(fp: BinaryIO, start: int, end: int, *, implicit: bool, little: bool, m
                 if group == 0x0008:
                     info.n_group_0008 += 1
             is_pixel = depth == 0 and tag in _PIXEL_TAGS
+            if depth == 0 and tag in _WANTED and length != _UNDEFINED:
+                info.values[tag] = (value_pos, length)
             if length == _UNDEFINED:
                 is_sq = vr == b"SQ"
                 if not is_sq and vr in (None, b"UN") and not is_pixel:
@@ -564,17 +568,22 @@ def _hash_and_load(path: pathlib.Path, size: int, limits: GuardLimits) -> tuple[
     return h.hexdigest(), data
 
 
-def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits) -> FileInspection:
+def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: str | None = None) -> FileInspection:
     """Run every in-process check on one file; never raises for a bad file.
 
     Returns a :class:`FileInspection` whose ``rejection`` is set when the file must be
     quarantined, and whose ``needs_decode`` says a compressed sample must still be
-    decoded in a bounded worker (see :func:`guard_files`).
+    decoded in a bounded worker (see :func:`guard_files`). With ``sha256`` (the file's
+    digest, already computed by the scan) the file is not hashed again and only its
+    element headers are read.
     """
     if not isinstance(limits, GuardLimits):
         raise TypeError(f"limits must be a GuardLimits, got {type(limits).__name__}")
+    if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64
+                                   and all(c in "0123456789abcdef" for c in sha256)):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
     p = pathlib.Path(path)
-    sha: str | None = None
+    sha: str | None = sha256
     size = 0
     try:
         st = p.stat()
@@ -584,9 +593,12 @@ def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits) -> FileIn
                                   _rejection(hashlib.sha256(b"").hexdigest(), 0,
                                              _Reject("not_dicom", "zero-byte file")))
         if size > limits.max_file_bytes:
-            sha = _stream_sha256(p)
+            sha = sha or _stream_sha256(p)
             raise _Reject("file_too_large", f"file of {size} bytes exceeds the maximum of {limits.max_file_bytes}")
-        sha, data = _hash_and_load(p, size, limits)
+        if sha is None:
+            sha, data = _hash_and_load(p, size, limits)
+        else:
+            data = None  # digest known: parse headers straight from the file
         if data is not None:
             size = len(data)
             insp = FileInspection(p, sha, size)
@@ -740,63 +752,73 @@ def _inflate_capped(fp: BinaryIO, start: int, size: int, cap: int) -> tuple[Bina
 
 # --------------------------------------------------------------------------- attributes
 
-_IMAGE_TAGS = [0x00080016, 0x00080018, 0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011,
-               0x00280100, 0x00280101, 0x00280102, 0x00280103]
+_KEYWORDS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00280002: "SamplesPerPixel",
+             0x00280004: "PhotometricInterpretation", 0x00280008: "NumberOfFrames", 0x00280010: "Rows",
+             0x00280011: "Columns", 0x00280100: "BitsAllocated", 0x00280101: "BitsStored", 0x00280102: "HighBit",
+             0x00280103: "PixelRepresentation"}
+_WANTED = frozenset(_KEYWORDS)
+_US_TAGS = frozenset({0x00280002, 0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280102, 0x00280103})
+_MAX_TEXT = 256
 
 
-def _int_attr(ds: Any, keyword: str, *, required: bool) -> int | None:
-    if keyword not in ds:
-        if required:
-            raise _Reject("missing_required_attribute", f"{keyword} is missing")
-        return None
-    try:
-        value = ds[keyword].value
-    except Exception as exc:  # noqa: BLE001
-        raise _Reject("invalid_attribute", f"{keyword} cannot be read", type(exc).__name__) from None
-    if value is None or value == "":
-        if required:
-            raise _Reject("missing_required_attribute", f"{keyword} is empty")
-        return None
-    if isinstance(value, list | tuple) or hasattr(value, "__len__") and not isinstance(value, str | bytes):
-        raise _Reject("invalid_attribute", f"{keyword} has more than one value")
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise _Reject("invalid_attribute", f"{keyword} is not a number") from None
-    if not as_float.is_integer():
-        raise _Reject("invalid_attribute", f"{keyword} is not an integer")
-    return int(as_float)
+class _Attributes:
+    """The few top-level values the guard needs, decoded from the walk's offsets (no pydicom parse).
 
+    US values (PS3.5 6.2) must be exactly 2 bytes (VM 1); IS/CS/UI are ASCII with space/NUL
+    padding. Anything else is ``invalid_attribute``; absent or empty values are ``None``.
+    """
 
-def _str_attr(ds: Any, keyword: str) -> str | None:
-    if keyword not in ds:
-        return None
-    try:
-        value = ds[keyword].value
-    except Exception as exc:  # noqa: BLE001
-        raise _Reject("invalid_attribute", f"{keyword} cannot be read", type(exc).__name__) from None
-    if value is None:
-        return None
-    return str(value).strip() or None
+    def __init__(self, stream: BinaryIO, info: _Structure, little: bool):
+        self._raw: dict[int, bytes] = {}
+        self._little = little
+        for tag, (offset, length) in info.values.items():
+            if length > _MAX_TEXT:
+                raise _Reject("invalid_attribute", f"{_KEYWORDS[tag]} has an implausible length of {length} bytes")
+            stream.seek(offset)
+            self._raw[tag] = stream.read(length)
+
+    def text(self, tag: int) -> str | None:
+        raw = self._raw.get(tag)
+        if raw is None:
+            return None
+        try:
+            value = raw.decode("ascii").strip(" \x00")
+        except UnicodeDecodeError:
+            raise _Reject("invalid_attribute", f"{_KEYWORDS[tag]} is not ASCII text") from None
+        return value or None
+
+    def integer(self, tag: int, *, required: bool) -> int | None:
+        name = _KEYWORDS[tag]
+        raw = self._raw.get(tag)
+        if raw is None or len(raw) == 0:
+            if required:
+                raise _Reject("missing_required_attribute", f"{name} is missing" if raw is None else f"{name} is empty")
+            return None
+        if tag in _US_TAGS:
+            if len(raw) != 2:
+                raise _Reject("invalid_attribute", f"{name} holds {len(raw)} bytes, not one 16-bit value")
+            return int(struct.unpack("<H" if self._little else ">H", raw)[0])
+        text = self.text(tag)
+        if text is None:
+            if required:
+                raise _Reject("missing_required_attribute", f"{name} is empty")
+            return None
+        if "\\" in text:
+            raise _Reject("invalid_attribute", f"{name} has more than one value")
+        try:
+            as_float = float(text)
+        except ValueError:
+            raise _Reject("invalid_attribute", f"{name} is not a number") from None
+        if not math.isfinite(as_float) or not as_float.is_integer():
+            raise _Reject("invalid_attribute", f"{name} is not an integer")
+        return int(as_float)
 
 
 def _check_attributes(stream: BinaryIO, ds_start: int, encoding: tuple[bool, bool], info: _Structure,
                       insp: FileInspection, limits: GuardLimits, ts: str | None) -> None:
-    from pydicom.filereader import read_dataset
-
-    stream.seek(ds_start)
-    try:
-        ds = read_dataset(stream, is_implicit_VR=encoding[0], is_little_endian=encoding[1],
-                          stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS or tag > 0x00280103,
-                          specific_tags=_IMAGE_TAGS)
-    except RecursionError as exc:
-        raise _Reject("nesting_too_deep", "reading the header exceeded the interpreter's recursion limit",
-                      type(exc).__name__) from None
-    except Exception as exc:  # noqa: BLE001
-        raise _Reject("malformed_structure", "pydicom could not read the header", type(exc).__name__) from None
-
-    sop_class = _str_attr(ds, "SOPClassUID")
-    sop_instance = _str_attr(ds, "SOPInstanceUID")
+    attrs = _Attributes(stream, info, little=encoding[1])
+    sop_class = attrs.text(0x00080016)
+    sop_instance = attrs.text(0x00080018)
     if sop_class is None:
         raise _Reject("missing_required_attribute", "SOPClassUID is missing")
     if sop_instance is None:
@@ -809,18 +831,18 @@ def _check_attributes(stream: BinaryIO, ds_start: int, encoding: tuple[bool, boo
                                                         "(the file may be cut at an element boundary)")
         return
 
-    rows = _int_attr(ds, "Rows", required=True)
-    cols = _int_attr(ds, "Columns", required=True)
-    bits = _int_attr(ds, "BitsAllocated", required=True)
-    spp = _int_attr(ds, "SamplesPerPixel", required=True)
-    photometric = _str_attr(ds, "PhotometricInterpretation")
+    rows = attrs.integer(0x00280010, required=True)
+    cols = attrs.integer(0x00280011, required=True)
+    bits = attrs.integer(0x00280100, required=True)
+    spp = attrs.integer(0x00280002, required=True)
+    photometric = attrs.text(0x00280004)
     if photometric is None:
         raise _Reject("missing_required_attribute", "PhotometricInterpretation is missing")
     integer_pixels = info.pixel_tag == 0x7FE00010
-    stored = _int_attr(ds, "BitsStored", required=integer_pixels)
-    high = _int_attr(ds, "HighBit", required=False)
-    _int_attr(ds, "PixelRepresentation", required=integer_pixels)
-    frames = _int_attr(ds, "NumberOfFrames", required=False)
+    stored = attrs.integer(0x00280101, required=integer_pixels)
+    high = attrs.integer(0x00280102, required=False)
+    attrs.integer(0x00280103, required=integer_pixels)
+    frames = attrs.integer(0x00280008, required=False)
     frames = 1 if frames is None else frames
     assert rows is not None and cols is not None and bits is not None and spp is not None
 
@@ -1132,8 +1154,8 @@ def guard_file(path: str | os.PathLike[str], *, limits: GuardLimits) -> Rejectio
     return guard_files([path], limits=limits, workers=1)[path]
 
 
-def guard_files(paths: Iterable[str | os.PathLike[str]], *, limits: GuardLimits,
-                workers: int = 2) -> dict[Any, Rejection | None]:
+def guard_files(paths: Iterable[str | os.PathLike[str]], *, limits: GuardLimits, workers: int = 2,
+                sha256s: Mapping[Any, str] | None = None) -> dict[Any, Rejection | None]:
     """Check a batch of untrusted files.
 
     Parameters
@@ -1157,7 +1179,8 @@ def guard_files(paths: Iterable[str | os.PathLike[str]], *, limits: GuardLimits,
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     keys = list(paths)
-    inspections = [inspect_file(p, limits=limits) for p in keys]
+    known = sha256s or {}
+    inspections = [inspect_file(p, limits=limits, sha256=known.get(p) or None) for p in keys]
     outcomes = _run_bounded(_decode_tasks(inspections, limits), limits=limits, workers=workers)
     for i, res in outcomes.items():
         if res is not None:
