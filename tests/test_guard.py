@@ -433,6 +433,10 @@ def test_duplicates(ct_dir, tmp_path):
     assert res[d / "b2.dcm"].reason == "duplicate_instance_conflict"
 
 
+def test_a_path_given_twice_is_not_a_duplicate(ct):
+    assert guard_files([ct, ct], limits=LIMITS) == {ct: None}
+
+
 def test_same_uid_same_pixels_different_header_is_a_plain_duplicate(ct, tmp_path):
     other = _modify(ct, tmp_path / "renamed.dcm", SeriesDescription="another description")
     res = guard_files([ct, other], limits=LIMITS)
@@ -535,3 +539,40 @@ def test_multi_valued_rows_is_invalid(ct, tmp_path):
     p.write_bytes(data[:i] + b"\x28\x00\x10\x00\x04\x00\x00\x00" + data[i + 8:i + 10] * 2 + data[i + 10:])
     rej = guard_file(p, limits=LIMITS)
     assert rej is not None and rej.reason == "invalid_attribute" and "Rows" in rej.detail
+
+
+@pytest.mark.parametrize("sig, reason", [(9, "memory_limit"), (11, "decode_failed")])
+def test_worker_killed_mid_task_is_reported_and_replaced(tmp_path, sig, reason):
+    """A worker that dies (OOM killer: SIGKILL; decoder crash: SIGSEGV) costs its file only."""
+    import os
+    import threading
+
+    fifo = tmp_path / "blocks.dcm"
+    os.mkfifo(fifo)  # opening it blocks the worker until we kill it
+    good = _testfile("693_J2KI.dcm", tmp_path)
+    ts = str(pydicom.dcmread(good, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    payload = {"transfer_syntax": ts, "frames": [0], "shape": (512, 512),
+               "frame_bytes": 512 * 512 * 2}
+    tasks = [("hang", dict(payload, path=str(fifo))), ("ok", dict(payload, path=str(good)))]
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed:
+            import multiprocessing
+
+            kids = [c for c in multiprocessing.active_children() if c.name == "medflow-guard-worker"]
+            if kids:
+                time.sleep(0.3)  # let it pick up the hanging task
+                os.kill(kids[0].pid, sig)  # the worker this test started, by its id
+                killed.append(kids[0].pid)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    res = guard_mod._run_bounded(tasks, limits=GuardLimits(decode_timeout_s=30), workers=1)
+    t.join()
+    assert killed
+    assert res["hang"] is not None and res["hang"]["reason"] == reason
+    assert res["ok"] is None  # a fresh worker took the next file

@@ -8,7 +8,8 @@ raises for a bad file, nothing writes to or moves an input file (files are opene
 
 What is checked where
 ---------------------
-In process (cheap, bounded by the file size; one read of the file, hashed on the way):
+In process (cheap, bounded by the file size; one read of the file, hashed on the way,
+or only the element headers when the scan's digest is passed in ``sha256s``):
 
 1. size (zero bytes, larger than ``max_file_bytes``);
 2. the 128-byte preamble + ``DICM`` magic (PS3.10 7.1); a file without it is
@@ -28,7 +29,9 @@ In process (cheap, bounded by the file size; one read of the file, hashed on the
    pixel-data length near 4 GB); the walk catches all of them. When the walk fails
    under the declared transfer syntax but succeeds under another one, the file is
    rejected as ``transfer_syntax_mismatch``;
-6. the Image Pixel module (PS3.3 C.7.6.3) read with pydicom (only those tags):
+6. the SOP Common and Image Pixel module values (PS3.3 C.12.1, C.7.6.3) decoded
+   straight from the offsets the walk recorded (no pydicom parse in process, so no
+   recursion and no value ever quoted in a warning):
    required attributes present, dimensions in sane ranges, expected byte count
    ``Rows*Columns*SamplesPerPixel*NumberOfFrames*BitsAllocated/8`` (1-bit packed,
    YBR_FULL_422 sub-sampled) at most ``max_pixel_bytes`` and, for native
@@ -1114,7 +1117,7 @@ def _run_bounded(tasks: list[tuple[Any, dict]], *, limits: GuardLimits, workers:
                     w.task = None
                     w.stop(kill=True)
                     pool[i] = _Worker(ctx, limits.worker_memory_bytes)
-    except OSError as exc:  # could not start a worker process at all
+    except Exception as exc:  # noqa: BLE001 - could not start a worker (no fork, daemonic parent...)
         for key, _payload in pending:
             results.setdefault(key, {"reason": "decode_failed", "detail": "no bounded worker could be started",
                                      "exception_type": type(exc).__name__})
@@ -1178,7 +1181,7 @@ def guard_files(paths: Iterable[str | os.PathLike[str]], *, limits: GuardLimits,
         raise TypeError(f"limits must be a GuardLimits, got {type(limits).__name__}")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    keys = list(paths)
+    keys = list(dict.fromkeys(paths))  # a path given twice is one file, not a duplicate instance
     known = sha256s or {}
     inspections = [inspect_file(p, limits=limits, sha256=known.get(p) or None) for p in keys]
     outcomes = _run_bounded(_decode_tasks(inspections, limits), limits=limits, workers=workers)
