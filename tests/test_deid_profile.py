@@ -13,6 +13,7 @@ actions; which one is checked separately against the Type 1/2 table.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 import json
@@ -80,7 +81,7 @@ def sample_value(vr: str, row_id: str):
 
 def plant(base: Dataset):
     """Copy of ``base`` with every row's attribute at top level and nested; returns (ds, plan)."""
-    ds = base.copy()
+    ds = copy.deepcopy(base)
     item = Dataset()
     plan, untestable = [], []
     for rule in load_profile().rules:
@@ -174,7 +175,7 @@ def check_element(out: Dataset, tag: int, vr: str, original, expected: set[str],
 
 def run_conformance(base: Dataset, options: DeidOptions):
     ds, plan, untestable = plant(base)
-    identity = str(base.PatientID)
+    identity = str(ds.PatientID).strip()  # the planted Patient ID drives pseudonym and date shift
     out = deidentify_dataset(ds, options=options, keys=KEYS)
     # the result is a writable, readable DICOM file
     buf = io.BytesIO()
@@ -295,7 +296,7 @@ def test_resolution_applied_to_pet_and_rtstruct(shared_data):
 
 
 def test_private_safe_list(base):
-    ds = base.copy()
+    ds = copy.deepcopy(base)
     ds.add_new(0x70530010, "LO", "Philips PET Private Group")
     ds.add_new(0x70531000, "DS", "0.000276")
     ds.add_new(0x70531001, "LO", "Not on the list")
@@ -309,7 +310,7 @@ def test_private_safe_list(base):
 
 
 def test_overlay_group_removed_whole(base):
-    ds = base.copy()
+    ds = copy.deepcopy(base)
     ds.add_new(0x60000010, "US", 4)
     ds.add_new(0x60000011, "US", 4)
     ds.add_new(0x60000022, "LO", "Overlay text Smithson")
@@ -325,3 +326,35 @@ def test_clean_descriptors_roi_name(shared_data):
     assert [r.ROIName for r in out.StructureSetROISequence] == [""] * len(names)  # Z under Basic
     out = deidentify_dataset(rs, options=DeidOptions(clean_descriptors=True), keys=KEYS)
     assert [r.ROIName for r in out.StructureSetROISequence] == names == ["GTV_Mass_CT"]
+
+
+def test_unlisted_text_policy(base):
+    ds = copy.deepcopy(base)
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-B1031", "SRT", "Fluorodeoxyglucose F^18^"
+    bad_code = Dataset()
+    bad_code.CodeValue, bad_code.CodingSchemeDesignator, bad_code.CodeMeaning = "X42", "HOSPX", "Smithson clinic"
+    ds.AnatomicRegionSequence = Sequence([code, bad_code])
+    ds.ConvolutionKernel = "B30f"
+    ds.PositionReferenceIndicator = "Smithson room 4455667"
+    out = deidentify_dataset(ds, keys=KEYS)
+    assert out.Manufacturer == "GE MEDICAL SYSTEMS" and out.ManufacturerModelName == "Discovery ST"
+    assert out.ConvolutionKernel == "B30f"
+    kept, cleaned = out.AnatomicRegionSequence
+    assert (kept.CodeValue, kept.CodingSchemeDesignator, kept.CodeMeaning) == ("C-B1031", "SRT",
+                                                                            "Fluorodeoxyglucose F^18^")
+    assert "Smithson" not in str(cleaned.CodeMeaning) and cleaned.CodingSchemeDesignator != "HOSPX"
+    assert out.PositionReferenceIndicator == ""
+    out = deidentify_dataset(ds, options=DeidOptions(retain_unlisted_text=True), keys=KEYS)
+    assert out.PositionReferenceIndicator == "Smithson room 4455667"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("IBSI_1_STS_008_CT", "CT"), ("GTV_Mass_CT", "GTV_Mass_CT"), ("Doe^John", ""),
+    ("T1 AX post gad 3mm", "T1 AX post gad 3mm"), ("Series 3", "Series 3"),
+    ("Brain MRI 2019-03-12 John", "Brain MRI"), ("MRN 1234567 chest", "chest"), ("CT CHEST 5 mm", "CT CHEST 5 mm"),
+])
+def test_clean_text(text, expected):
+    from storage.deid.vocabulary import clean_text
+
+    assert clean_text(text) == expected

@@ -23,6 +23,8 @@ Actions (PS3.15 E.1.1, Table E.1-1 "Basic Profile" column):
   ``(0000,1001)`` Requested SOP Instance UID, marked U, medflow applies X);
   the File Meta Information is rebuilt (Media Storage SOP Instance UID = the new SOP
   Instance UID; no source AE titles);
+* attributes the table does not list: free text is cleaned and dates follow the date policy
+  (see :func:`_clean_unlisted`; ``retain_unlisted_text=True`` keeps them as the Basic Profile allows);
 * every UI element the table marks ``U`` is replaced, and so is every other UI value that
   is not a registered DICOM UID (class, transfer syntax and coding-scheme UID attributes
   excepted): references such as Referenced SOP Instance UID or Referenced Frame of
@@ -51,7 +53,7 @@ from storage.deid.iod import attribute_type, iod_of, resolve
 from storage.deid.options import DeidOptions
 from storage.deid.private import is_safe_private
 from storage.deid.profile import OPTION_COLUMNS, Profile, Rule, load_profile
-from storage.deid.vocabulary import clean_text
+from storage.deid.vocabulary import KERNEL_RE, clean_text, is_known_code
 from storage.dicom.model import Rejection
 from storage.pseudonym import PseudonymKeys
 
@@ -84,6 +86,14 @@ CID7050 = {
     "retain_safe_private": ("113111", "Retain Safe Private Option"),
 }
 _PN_TAGS = {int(Tag("PatientID")), int(Tag("PatientName"))}
+#: text attributes of a code sequence item, kept verbatim when the item's code is of a known scheme
+CODE_ITEM_TAGS = frozenset(int(Tag(k)) for k in (
+    "CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning", "LongCodeValue",
+    "URNCodeValue", "ContextIdentifier", "ContextGroupVersion", "MappingResource", "MappingResourceName",
+    "ContextGroupLocalVersion", "ContextGroupExtensionFlag",
+))
+_KERNEL_TAG = int(Tag("ConvolutionKernel"))
+UNLISTED_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "AE"})
 
 
 class DeidRejected(Exception):
@@ -212,15 +222,7 @@ def _clean(ds: Dataset, elem: DataElement, rule: Rule, ctx: _Ctx, depth: int) ->
     if vr in ("DA", "DT", "TM"):
         if not ctx.options.retain_longitudinal_modified_dates:
             return False
-        if vr == "TM":  # whole-day shift: time of day unchanged
-            return True
-        fn = shift_da if vr == "DA" else shift_dt
-        out = [fn(str(v), ctx.shift_days) for v in vals]
-        if any(o is None for o in out):
-            return False
-        if out:
-            _set_values(elem, out)
-        return True
+        return _clean_dates(elem, ctx)  # TM: whole-day shift leaves the time of day unchanged
     if vr == "SQ":
         for item in elem.value:
             _process(item, ctx, depth + 1)
@@ -293,12 +295,64 @@ def _remap_unlisted_ui(elem: DataElement, ctx: _Ctx) -> None:
     _set_values(elem, [v if str(v).strip() in UID_dictionary else ctx.new_uid(v) for v in vals])
 
 
+def _clean_unlisted(ds: Dataset, elem: DataElement, ctx: _Ctx, known_code: bool) -> None:
+    """Attributes that Table E.1-1 does not list: free text is cleaned, dates follow the date policy.
+
+    The Basic Profile would retain them; medflow is stricter by default
+    (``DeidOptions.retain_unlisted_text=False``) because any text slot can hold PHI:
+
+    * code sequence item attributes (Code Value, Coding Scheme Designator, Code Meaning, ...)
+      are kept verbatim when the item's code belongs to a known coding scheme, else cleaned;
+    * Convolution Kernel values that look like kernel names (``B30f``, ``FC13``) are kept;
+    * PN and AE values are emptied; LO, SH, ST, LT, UT, UC values are cleaned through the safe
+      vocabulary (a Type 1 attribute left empty gets the dummy value);
+    * DA and DT values are shifted under the Modified Dates option and emptied otherwise;
+      TM values are kept under that option (whole-day shift) and emptied otherwise.
+    """
+    vr, tag = elem.VR, int(elem.tag)
+    if tag in CODE_ITEM_TAGS and known_code:
+        return
+    if vr in ("DA", "DT", "TM"):
+        if not (ctx.options.retain_longitudinal_modified_dates and _clean_dates(elem, ctx)):
+            elem.value = elem.empty_value
+        return
+    if vr not in UNLISTED_TEXT_VRS or elem.value in (None, "", b""):
+        return
+    if vr in ("PN", "AE"):
+        elem.value = elem.empty_value
+        return
+    vals = [str(v) for v in _values(elem.value)]
+    if tag == _KERNEL_TAG and all(KERNEL_RE.match(v.strip()) or clean_text(v) == v.strip() for v in vals):
+        return
+    cleaned = [c for c in (clean_text(v) for v in vals) if c]
+    if cleaned:
+        _set_values(elem, cleaned)
+    elif attribute_type(tag, ctx.iod) == 1:
+        elem.value = _dummy(elem, ctx)
+    else:
+        elem.value = elem.empty_value
+
+
+def _clean_dates(elem: DataElement, ctx: _Ctx) -> bool:
+    """Shift DA/DT values by the patient's shift (TM unchanged); False when a value is unparseable."""
+    if elem.VR == "TM":
+        return True
+    fn = shift_da if elem.VR == "DA" else shift_dt
+    out = [fn(str(v), ctx.shift_days) for v in _values(elem.value)]
+    if any(o is None for o in out):
+        return False
+    if out:
+        _set_values(elem, out)
+    return True
+
+
 def _process(ds: Dataset, ctx: _Ctx, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise DeidRejected(Rejection(sha256="", reason="nesting_too_deep",
                                      detail=f"sequences nested deeper than {MAX_DEPTH} levels"))
     kept_creators: set[int] = set()
     creator_tags: list[int] = []
+    known_code = is_known_code(ds.get("CodingSchemeDesignator"), ds.get("CodeValue", ds.get("LongCodeValue")))
     for tag in list(ds.keys()):
         t = int(tag)
         group, elem_no = t >> 16, t & 0xFFFF
@@ -328,6 +382,8 @@ def _process(ds: Dataset, ctx: _Ctx, depth: int) -> None:
                     _process(item, ctx, depth + 1)
             elif elem.VR == "UI":
                 _remap_unlisted_ui(elem, ctx)
+            elif not ctx.options.retain_unlisted_text:
+                _clean_unlisted(ds, elem, ctx, known_code)
             continue
         _apply(ds, elem, _effective_action(rule, ctx, t), rule, ctx, depth)
     for t in creator_tags:

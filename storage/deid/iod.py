@@ -81,7 +81,7 @@ REQUIRED_TYPES: dict[str, dict[int, int]] = {
     # Segmentation: Multi-frame Functional Groups, Enhanced General Equipment, Content Identification
     # (C.10.9: Content Label 1, Content Description 2, Content Creator's Name 2)
     "SEG": {**COMMON, **_MULTIFRAME, **_t(("ContentLabel", 1), ("ContentDescription", 2),
-                                          ("ContentCreatorName", 2))},
+                                          ("ContentCreatorName", 2), ("SegmentLabel", 1))},
 }
 
 

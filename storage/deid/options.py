@@ -36,6 +36,11 @@ class DeidOptions(BaseModel):
         Accept images that may carry burned-in text (see :mod:`storage.deid.burned_in`).
         Default False: such images are refused with reason ``"burned_in_annotation"``.
         Accepting them does NOT clean pixels (no Clean Pixel Data Option is claimed).
+    retain_unlisted_text : bool
+        Keep text and date attributes that Table E.1-1 does not list, as the Basic Profile
+        permits. Default False: medflow cleans them too (PN/AE emptied, free text through the
+        safe vocabulary, code items kept only for known coding schemes, dates shifted or
+        emptied), because any text slot can carry PHI (see ``engine._clean_unlisted``).
     pseudonymize_patient : bool
         Write the patient pseudonym (``PseudonymKeys.patient_key``) into Patient ID and
         Patient's Name instead of an empty value (both are Z/D or Z: a dummy value
@@ -49,4 +54,5 @@ class DeidOptions(BaseModel):
     clean_descriptors: bool = Field(False, description="E.3.5 (113105): safe-vocabulary cleaning")
     retain_safe_private: bool = Field(False, description="E.3.10 (113111): keep allow-listed private tags")
     allow_burned_in: bool = Field(False, description="accept images that may carry burned-in text")
+    retain_unlisted_text: bool = Field(False, description="keep text/dates not listed in Table E.1-1")
     pseudonymize_patient: bool = Field(True, description="Patient ID/Name := patient pseudonym")
