@@ -17,7 +17,10 @@ run, or with ``run_id=None`` once a record exists, changes nothing but
 
 Writes are atomic (:func:`storage.workspace.write_text_atomic`) and serialised
 between processes by an ``fcntl`` lock on ``quarantine/.lock``. Two byte-identical
-files share one record (they are the same content).
+files share one record (they are the same content). Reason codes from any stage are
+accepted (the guard's :data:`storage.dicom.guard.REASON_CODES`, the converter's, ...);
+a rejection without a file hash (the file could not be read, or a series-level
+rejection) is kept as ``quarantine/unhashed-<digest>.json`` with ``sha256: null``.
 
 :func:`locate` maps records back to the user's files by re-hashing a source folder;
 its result is meant for the user's console only and is never written to the
