@@ -295,3 +295,18 @@ def test_folder_quarantines_burned_in(tmp_path):
     assert not list(tmp_path.glob("out/**/*.dcm"))
     report = deidentify_folder(src, tmp_path / "out2", keys=KEYS, options=DeidOptions(allow_burned_in=True))
     assert report.n_written == 1
+
+
+def test_damaged_file_is_quarantined_by_the_guard(shared_data, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    good = shared_data / STS / "STS_008/CT/image/000000.dcm"
+    shutil.copy(good, src / "a.dcm")
+    data = good.read_bytes()
+    (src / "b.dcm").write_bytes(data[: len(data) // 2])  # cut in the pixel data
+    ws = tmp_path / "ws"
+    report = deidentify_folder(src, tmp_path / "out", keys=KEYS, workspace=ws)
+    assert report.n_written == 1 and report.n_rejected == 1
+    rej = report.rejections[0]
+    assert rej.sha256 == sha256_file(src / "b.dcm") and rej.reason in ("truncated", "pixel_length_mismatch")
+    assert (ws / "quarantine" / f"{rej.sha256}.json").is_file()

@@ -98,8 +98,26 @@ def _iter_files(root: pathlib.Path):
             yield pathlib.Path(dirpath) / name
 
 
+GUARD_BATCH = 256
+
+
+def _guarded(paths: list[pathlib.Path], digests: dict[pathlib.Path, str], limits) -> dict:
+    """Run the untrusted-file guard (storage.dicom.guard) over ``paths``; {} when it is unavailable."""
+    try:
+        from storage.dicom.guard import GuardLimits, guard_files
+    except ImportError:
+        return {}
+    out: dict = {}
+    limits = limits if limits is not None else GuardLimits()
+    for i in range(0, len(paths), GUARD_BATCH):
+        batch = paths[i:i + GUARD_BATCH]
+        out.update(guard_files(batch, limits=limits, sha256s={p: digests[p] for p in batch}))
+    return out
+
+
 def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, keys: PseudonymKeys,
-                      workspace=None, run_id: str | None = None) -> DeidReport:
+                      workspace=None, run_id: str | None = None, guard: bool = True,
+                      limits=None) -> DeidReport:
     """De-identify every DICOM file below ``in_dir`` into ``out_dir`` (see module docstring).
 
     Parameters
@@ -112,6 +130,12 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
         When given: rejections go to its quarantine and pseudonyms to its vault.
     run_id : str, optional
         Passed to the quarantine store (counts distinct runs that rejected a file).
+    guard : bool
+        Check every file with :func:`storage.dicom.guard.guard_files` first (truncated,
+        malformed, decompression bombs, absurd sizes, undecodable pixels, duplicates) so
+        damaged files are quarantined instead of being parsed by pydicom. Default True.
+    limits : storage.dicom.guard.GuardLimits, optional
+        Limits for the guard (its defaults when None).
 
     Returns
     -------
@@ -123,6 +147,7 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
     store = _quarantine_store(workspace)
     known = _known_reasons()
     mappings: dict[str, dict[str, str]] = {"patient": {}, "study": {}, "series": {}}
+    paths: list[pathlib.Path] = []
     for path in _iter_files(src):
         if path.name.startswith("."):
             continue
@@ -130,7 +155,18 @@ def deidentify_folder(in_dir, out_dir, *, options: DeidOptions | None = None, ke
         if path.name.upper() == "DICOMDIR":
             report.n_skipped += 1
             continue
-        digest = sha256_file(path)
+        paths.append(path)
+    digests = {p: sha256_file(p) for p in paths}
+    verdicts = _guarded(paths, digests, limits) if guard else {}
+    for path in paths:
+        digest = digests[path]
+        verdict = verdicts.get(path)
+        if verdict is not None:
+            if verdict.reason == "not_dicom":
+                report.n_not_dicom += 1
+            else:
+                _reject(report, store, known, run_id, verdict)
+            continue
         try:
             ds = pydicom.dcmread(path)
         except InvalidDicomError:
