@@ -222,3 +222,15 @@ def test_ivh_fixed_bin_number_is_on_levels() -> None:
 def test_ivh_half_open_range_takes_the_maximum() -> None:
     data = discretise_ivh(np.array([-10.0, 5.0, 42.0]), method="none", intensity_range=(-500.0, None))
     assert (data.range_min, data.range_max) == (-500.0, 42.0)
+
+
+def test_partial_volume_tie_is_included() -> None:
+    """256 voxels of 0.78125 mm to 2 mm: grid point 12 sits at index 0.78 + 12 * 2.56 = 31.5 exactly,
+    midway between ROI voxel 31 and background voxel 32, so its fraction is 0.5 >= delta. Floating
+    point puts it a few ulp off; the point must still be in the ROI."""
+    mask = np.zeros((1, 3, 256), dtype=bool)
+    mask[:, :, :32] = True
+    g = interpolation_grid(mask.shape, spacing=(1.0, 1.0, 0.78125), new_spacing=(1.0, 1.0, 2.0))
+    assert g.coordinates(2)[12] == pytest.approx(31.5, abs=1e-12)
+    got = interpolate_mask(mask, spacing=(1.0, 1.0, 0.78125), new_spacing=(1.0, 1.0, 2.0), partial_volume=0.5)
+    assert got[0, 1, 12] and not got[0, 1, 13]

@@ -23,6 +23,7 @@ from imaging.features import morphology as fm
 from imaging.features import texture as ft
 from imaging.features.codes import FEATURE_CODES, ibsi_code
 from imaging.features.preprocess import (
+    PARTIAL_VOLUME_EPS,
     InterpolationGrid,
     discretise,
     discretise_ivh,
@@ -141,7 +142,7 @@ def prepare_roi(volume: np.ndarray, mask: np.ndarray, *, spacing: tuple[float, .
                                  input_offset=offset)
         frac = resample_to_grid(roi[sl].astype(np.float64), grid, method=settings.roi_interpolation, start=start,
                                 out_shape=out_shape, input_offset=offset)
-        morph = frac >= settings.roi_partial_volume
+        morph = frac >= settings.roi_partial_volume - PARTIAL_VOLUME_EPS
         out_sp = np.asarray(grid.spacing)
     if settings.intensity_rounding:
         image = np.round(image)

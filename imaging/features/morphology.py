@@ -52,6 +52,12 @@ def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float
     return vol, area
 
 
+#: Power-basis coefficients of the Legendre polynomials P_0 .. P_20 (constant table).
+_LEGENDRE_COEFS: tuple[tuple[tuple[int, float], ...], ...] = tuple(
+    tuple((k, float(c)) for k, c in enumerate(legendre.leg2poly([0] * nu + [1])) if c != 0.0) for nu in range(21)
+)
+
+
 def ellipsoid_area(a: float, b: float, c: float, degree: int = 20) -> float:
     """Surface area of an ellipsoid by the manual's Legendre series (stopped at degree 20).
 
@@ -66,6 +72,8 @@ def ellipsoid_area(a: float, b: float, c: float, degree: int = 20) -> float:
     ``alpha = sqrt(1 - c^2/a^2)``, ``beta = sqrt(1 - c^2/b^2)``); e.g. a 5-2-2 mm
     prolate spheroid gets 80.0 mm^2 instead of 104.6 mm^2.
     """
+    if not 0 <= degree <= 20:
+        raise ValueError(f"degree must be in 0..20, got {degree!r}")
     if a <= 0:
         return 0.0
     alpha = np.sqrt(max(0.0, 1.0 - (b / a) ** 2))
@@ -74,8 +82,7 @@ def ellipsoid_area(a: float, b: float, c: float, degree: int = 20) -> float:
     q = alpha * beta
     total = 0.0
     for nu in range(degree + 1):
-        coef = legendre.leg2poly([0] * nu + [1])  # power-basis coefficients of P_nu
-        term = sum(float(ck) * s ** k * q ** (nu - k) for k, ck in enumerate(coef) if ck != 0.0)
+        term = sum(ck * s ** k * q ** (nu - k) for k, ck in _LEGENDRE_COEFS[nu])
         total += term / (1.0 - 4.0 * nu * nu)
     return float(4.0 * np.pi * a * b * total)
 
@@ -107,10 +114,14 @@ def _spatial_autocorrelation(values: np.ndarray, mask: np.ndarray,
     d[centre] = 1.0
     w = 1.0 / d
     w[centre] = 0.0
-    full = [2 * s - 1 for s in shape]
-    fshape = [sfft.next_fast_len(s + k - 1, real=True) for s, k in zip(shape, full, strict=True)]
-    wf = sfft.rfftn(w, fshape)
-    out_sl = tuple(slice(s - 1, 2 * s - 1) for s in shape)
+    # circular correlation of length >= 2n-1 per axis is the exact linear correlation for the
+    # n outputs we need: store offset o of the kernel at index o mod N
+    fshape = [sfft.next_fast_len(2 * s - 1, real=True) for s in shape]
+    wc = np.zeros(fshape)
+    wc[tuple(slice(0, 2 * s - 1) for s in shape)] = w
+    wc = np.roll(wc, [-(s - 1) for s in shape], axis=(0, 1, 2))
+    wf = sfft.rfftn(wc, fshape)
+    out_sl = tuple(slice(0, s) for s in shape)
 
     def corr(a: np.ndarray) -> np.ndarray:
         return sfft.irfftn(sfft.rfftn(a, fshape) * wf, fshape)[out_sl]
@@ -151,14 +162,16 @@ def _min_bounding_box(points: np.ndarray, hull: ConvexHull) -> tuple[float, floa
             poly = p2
         edges = np.diff(np.vstack([poly, poly[:1]]), axis=0)
         ang = np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2))
-        for t in ang:
-            ct, st = np.cos(t), np.sin(t)
-            r = poly @ np.array([[ct, -st], [st, ct]])
-            ext = r.max(axis=0) - r.min(axis=0)
-            vol = float(ext[0] * ext[1] * depth)
-            if vol < best_v:
-                best_v = vol
-                best_a = float(2.0 * (ext[0] * ext[1] + ext[0] * depth + ext[1] * depth))
+        ct, st = np.cos(ang), np.sin(ang)
+        ax1 = poly @ np.vstack([ct, st])  # (n_points, n_angles): coordinate along the rotated x axis
+        ax2 = poly @ np.vstack([-st, ct])
+        w = ax1.max(axis=0) - ax1.min(axis=0)
+        h = ax2.max(axis=0) - ax2.min(axis=0)
+        k = int(np.argmin(w * h))
+        vol = float(w[k] * h[k] * depth)
+        if vol < best_v:
+            best_v = vol
+            best_a = float(2.0 * (w[k] * h[k] + w[k] * depth + h[k] * depth))
     return best_v, best_a
 
 

@@ -25,6 +25,11 @@ from imaging.types import Interpolation, IvhDiscretisation
 
 _ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
 
+#: Slack of the partial-volume comparison: an interpolated fraction that equals the threshold in
+#: exact arithmetic (e.g. a grid point midway between ROI and background) can come out a few ulp
+#: below it; it still satisfies ``R_interp >= delta``.
+PARTIAL_VOLUME_EPS = 1e-9
+
 
 def _spacing3(spacing: object, name: str = "spacing") -> np.ndarray:
     arr = np.asarray(spacing, dtype=np.float64)
@@ -196,7 +201,7 @@ def interpolate_mask(mask: np.ndarray, *, spacing: tuple[float, ...], new_spacin
         raise ValueError(f"partial_volume must be in (0, 1], got {partial_volume!r}")
     m = np.asarray(mask).astype(np.float64)
     grid = interpolation_grid(m.shape, spacing=spacing, new_spacing=new_spacing)
-    return resample_to_grid(m, grid, method=method) >= partial_volume
+    return resample_to_grid(m, grid, method=method) >= partial_volume - PARTIAL_VOLUME_EPS
 
 
 def resegmentation_bounds(values: np.ndarray, *, intensity_range: tuple[float | None, float | None] | None = None,
