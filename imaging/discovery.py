@@ -1151,6 +1151,13 @@ def predict_cases(
     if len(counts) < 2:
         res.reason = f"case prediction needs two or more label classes among labelled cases: got {counts}"
         return res
+    if _outcome_kind(y, "auto") == "continuous":
+        res.reason = (
+            f"label {label!r} looks continuous ({len(counts)} distinct values); classifier case prediction "
+            f"needs class labels (use predict_from_similar for a continuous outcome)"
+        )
+        res.class_counts = {}
+        return res
     groups = None
     if group_by_patient and data["patient_key"].duplicated().any():
         groups = data["patient_key"].to_numpy()

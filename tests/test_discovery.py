@@ -558,3 +558,34 @@ def test_argument_validation(cases) -> None:
     with pytest.raises(ValueError, match="infinite"):
         similar_cases(table.assign(mean_radius=np.inf), feature_columns=feats)
     assert numeric_feature_columns(table) == feats
+
+
+def test_multiclass_decision_support_and_continuous_label() -> None:
+    from sklearn.datasets import load_iris
+
+    data = load_iris(as_frame=True)
+    feats = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    t = data.data.set_axis(feats, axis=1)
+    t.insert(0, "patient_key", [f"k{i:03d}" for i in range(150)])
+    t["species"] = data.target.map(dict(enumerate(data.target_names)))
+    model = predict_cases(
+        t,
+        feature_columns=feats,
+        label="species",
+        kind="svm",
+        outer_folds=3,
+        inner_folds=2,
+        param_grid={"C": [1.0]},
+        random_state=0,
+    )
+    assert model.status == "ok" and model.result.positive_label is None
+    assert model.result.mean["accuracy"] >= 0.9
+    ds = decision_support(t.iloc[0], model=model, similar=None)
+    probs = ds["prediction"]["probabilities"]
+    assert set(probs) == set(data.target_names) and sum(probs.values()) == pytest.approx(1.0)
+    assert ds["prediction"]["predicted_label"] == "setosa"
+    assert "interval" not in ds["prediction"]  # the calibrated interval is defined for binary labels only
+    cont = predict_cases(
+        t.assign(size=t["sepal_length"] * 1.37), feature_columns=feats[1:], label="size", random_state=0
+    )
+    assert cont.status == "skipped" and "looks continuous" in cont.reason
