@@ -303,6 +303,19 @@ def test_mvee_of_a_box_corners() -> None:
     np.testing.assert_allclose([a, b, c], np.sqrt(3) * np.array([3.0, 2.0, 1.0]), rtol=1e-3)
 
 
+def test_oriented_bounding_box_of_a_rotated_cuboid() -> None:
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.transform import Rotation
+
+    corners = np.array(list(itertools.product([0.0, 2.0], [0.0, 3.0], [0.0, 5.0])))
+    rng = np.random.default_rng(3)
+    inner = rng.random((40, 3)) * np.array([2.0, 3.0, 5.0])
+    pts = Rotation.from_euler("xyz", [0.3, -0.7, 1.1]).apply(np.vstack([corners, inner])) + 7.0
+    vol, area = fm._min_bounding_box(pts, ConvexHull(pts))
+    assert vol == pytest.approx(30.0, rel=1e-9)
+    assert area == pytest.approx(2 * (6 + 10 + 15), rel=1e-9)
+
+
 def test_sphere_morphology() -> None:
     r = 10.0
     g = np.mgrid[-12:13, -12:13, -12:13]

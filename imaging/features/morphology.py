@@ -28,6 +28,8 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 from skimage.measure import marching_cubes
 
+from imaging.features import _kernels
+
 
 def mesh(mask: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Marching-cubes surface of a boolean mask (padded with background), vertices in mm.
@@ -137,62 +139,22 @@ def _spatial_autocorrelation(values: np.ndarray, mask: np.ndarray,
 
 
 def _min_bounding_box(points: np.ndarray, hull: ConvexHull) -> tuple[float, float]:
-    """Volume and area of the smallest box over the hull-face orientations (plus the axis-aligned box)."""
-    best_v, best_a = np.inf, np.inf
+    """Volume and area of the smallest box over the hull-face orientations (plus the first array axis)."""
     normals = hull.equations[:, :3]
     # deduplicate (anti)parallel normals
     keyed = np.round(np.where(normals[:, [0]] < 0, -normals, normals), 6)
     _, first = np.unique(keyed, axis=0, return_index=True)
-    hp = points[hull.vertices]
-    for nrm in np.vstack([np.eye(3)[:1], normals[first]]):
-        nrm = nrm / np.linalg.norm(nrm)
-        # orthonormal basis of the plane
-        helper = np.array([1.0, 0.0, 0.0]) if abs(nrm[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-        u = np.cross(nrm, helper)
-        u /= np.linalg.norm(u)
-        v = np.cross(nrm, u)
-        h = hp @ nrm
-        depth = float(h.max() - h.min())
-        p2 = np.column_stack([hp @ u, hp @ v])
-        # minimum-area rectangle of the projected points: rotating calipers over the 2D hull edges
-        try:
-            h2 = ConvexHull(p2)
-            poly = p2[h2.vertices]
-        except Exception:  # degenerate (collinear) projection
-            poly = p2
-        edges = np.diff(np.vstack([poly, poly[:1]]), axis=0)
-        ang = np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2))
-        ct, st = np.cos(ang), np.sin(ang)
-        ax1 = poly @ np.vstack([ct, st])  # (n_points, n_angles): coordinate along the rotated x axis
-        ax2 = poly @ np.vstack([-st, ct])
-        w = ax1.max(axis=0) - ax1.min(axis=0)
-        h = ax2.max(axis=0) - ax2.min(axis=0)
-        k = int(np.argmin(w * h))
-        vol = float(w[k] * h[k] * depth)
-        if vol < best_v:
-            best_v = vol
-            best_a = float(2.0 * (w[k] * h[k] + w[k] * depth + h[k] * depth))
-    return best_v, best_a
+    candidates = np.ascontiguousarray(np.vstack([np.eye(3)[:1], normals[first]]), dtype=np.float64)
+    hp = np.ascontiguousarray(points[hull.vertices], dtype=np.float64)
+    vol, area = _kernels.min_box_over_normals(hp, candidates)
+    return float(vol), float(area)
 
 
 def _mvee(points: np.ndarray, tol: float = 0.001, max_iter: int = 2000) -> tuple[float, float, float]:
-    """Semi-axes of the minimum volume enclosing ellipsoid (Khachiyan's algorithm)."""
-    p = np.asarray(points, dtype=np.float64)
-    n, d = p.shape
-    q = np.column_stack([p, np.ones(n)]).T  # (d+1, n)
-    u = np.full(n, 1.0 / n)
-    for _ in range(max_iter):
-        x = q @ (u[:, None] * q.T)
-        mvals = np.einsum("ij,ji->i", q.T, np.linalg.solve(x, q))
-        j = int(np.argmax(mvals))
-        maximum = mvals[j]
-        step = (maximum - d - 1.0) / ((d + 1.0) * (maximum - 1.0))
-        new_u = (1.0 - step) * u
-        new_u[j] += step
-        err = np.linalg.norm(new_u - u)
-        u = new_u
-        if err < tol:
-            break
+    """Semi-axes of the minimum volume enclosing ellipsoid (Khachiyan's algorithm, stop at ||du|| < tol)."""
+    p = np.ascontiguousarray(points, dtype=np.float64)
+    d = p.shape[1]
+    u = _kernels.khachiyan_weights(p, float(tol), int(max_iter))
     centre = p.T @ u
     a_mat = np.linalg.inv(p.T @ (u[:, None] * p) - np.outer(centre, centre)) / d
     eig = np.linalg.eigvalsh(a_mat)
