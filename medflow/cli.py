@@ -186,7 +186,7 @@ def deidentify(in_dir: Annotated[pathlib.Path, typer.Argument(help="Folder of DI
         coll = CollectionConfig.model_validate(section)
         options = DeidOptions(**{name: getattr(coll, name) for name in (
             "retain_longitudinal_modified_dates", "retain_patient_characteristics", "clean_descriptors",
-            "retain_safe_private", "allow_burned_in")})
+            "retain_safe_private", "allow_burned_in", "retain_unlisted_text", "pseudonymize_patient")})
         run_deidentify(in_dir, out_dir, options=options, workspace=workspace, echo=out.print)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -31,6 +31,10 @@ class CollectionConfig(_Model):
     clean_descriptors: bool = Field(True, description="PS3.15 option: keep descriptors only after cleaning.")
     retain_safe_private: bool = Field(False, description="PS3.15 option: keep an allow-list of safe private tags.")
     allow_burned_in: bool = Field(False, description="Accept images that may carry burned-in annotations (US, SC, XA...).")
+    retain_unlisted_text: bool = Field(
+        False, description="Keep text/dates of attributes not in Table E.1-1 (the standard's behaviour); "
+                           "default cleans them too.")
+    pseudonymize_patient: bool = Field(True, description="Patient ID/Name become the patient pseudonym (else emptied).")
     chunk_mb: float = Field(32.0, gt=0, description="Target Zarr chunk size in MiB.")
     pet_units: Literal["as_stored", "suvbw"] = Field(
         "as_stored", description="PET values as stored (after rescale) or converted to SUVbw when the tags allow it.")

@@ -18,6 +18,7 @@ import numpy as np
 
 from storage.dicom import collect_folder
 from storage.dicom.guard import GuardLimits
+from storage.deid.vocabulary import clean_text
 from storage.dicom.model import ConvertedVolume, Rejection
 from storage.pseudonym import PseudonymKeys
 from storage.quarantine import QuarantineStore
@@ -25,6 +26,28 @@ from storage.vault import Vault
 from storage.volumes import write_array
 
 _SAFE_ROI = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+#: Converter meta keys that come from free-text elements (LO/SH) and may carry identifying text:
+#: they pass the Clean Descriptors vocabulary (PS3.15 E.3.5) or are dropped.
+FREE_TEXT_KEYS = ("manufacturer", "model", "convolution_kernel")
+
+
+def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The converter's meta with free-text values cleaned; values that clean to nothing are dropped."""
+    out = dict(meta)
+    for key in FREE_TEXT_KEYS:
+        value = out.pop(key, None)
+        if isinstance(value, str):
+            cleaned = clean_text(value)
+            if cleaned:
+                out[key] = cleaned
+    return out
+
+
+def clean_roi_name(name: str, index: int) -> str:
+    """ROI names are free text (LO): keep them only as far as the safe vocabulary allows."""
+    cleaned = _SAFE_ROI.sub("_", clean_text(name or ""))[:64].strip("_")
+    return cleaned or f"roi{index}"
 
 
 @dataclass
@@ -105,10 +128,10 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
             "volume_key": volume_key, "volume_index": vol.volume_index, "kind": vol.kind,
             "modality": vol.meta.get("modality"), "series_number": vol.meta.get("series_number"),
             "shape": list(vol.volume.shape), "spacing": [float(s) for s in vol.spacing],
-            "dtype": str(vol.volume.dtype), "info": vol.meta,
+            "dtype": str(vol.volume.dtype), "info": clean_meta(vol.meta),
         }
         write_array(folder / rel, vol.volume, affine=vol.affine, spacing=vol.spacing,
-                    attrs={"medflow": {k: v for k, v in meta.items() if k != "info"}, "dicom": vol.meta},
+                    attrs={"medflow": {k: v for k, v in meta.items() if k != "info"}, "dicom": meta["info"]},
                     chunk_mb=float(config.chunk_mb))
         out.volumes.append(CollectedVolume(rel=rel, meta=meta))
 
@@ -120,7 +143,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
                                    "detail": "mask references a series that was not converted", "exception_type": None})
             continue
         vol_meta = next(v.meta for v in out.volumes if v.meta["volume_key"] == volume_key)
-        roi = _SAFE_ROI.sub("_", m.roi_name)[:64] or "roi"
+        roi = clean_roi_name(m.roi_name, i)
         mask_key = f"{volume_key}.m{i}"
         rel = f"masks/{mask_key}"
         affine = np.asarray(next(v.affine for v in result.volumes
