@@ -13,7 +13,8 @@ Moran's I / Geary's C (MIRP ``no_approximation=True``), and per modality:
 * PET: re-segmentation [0, 100] SUV, FBS 0.5 SUV, IVH FBS 0.1 SUV;
 * MR: no re-segmentation, FBN 32, IVH FBN 1000.
 
-Timing is end to end per ROI (read the image and mask files, extract), after one warm-up
+Timing is end to end per ROI (read the image and mask files, extract; the ROI list is
+processed ``--rounds`` times per timed run), after one warm-up
 extraction per tool (and per worker process for MIRP). Two modes:
 ``sequential`` (one ROI after the other, one thread) and ``2 workers`` (medflow: a
 2-thread pool in one process; MIRP: a 2-process pool, since it is not thread-parallel).
@@ -142,6 +143,8 @@ def time_sequential(fn, jobs, repeat: int) -> tuple[float, int, list]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="medflow repetitions (median); MIRP runs once")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="each timed run processes the ROI list this many times (amortises pool start-up)")
     args = parser.parse_args(argv)
     try:
         import mirp  # noqa: F401, PLC0415
@@ -153,33 +156,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if not img.is_file() or not msk.is_file():
             raise SystemExit(f"benchmark data missing for {name}: {img}")
     smallest = min(jobs, key=lambda j: j[2].stat().st_size)
+    timed = jobs * args.rounds
 
     # warm-up (imports, caches) for both tools
     medflow_one(smallest[1], smallest[2], smallest[3])
     mirp_one(smallest[1], smallest[2], smallest[3])
 
-    mf_seq, mf_n, mf_results = time_sequential(medflow_one, jobs, args.repeat)
+    mf_seq, mf_n, mf_results = time_sequential(medflow_one, timed, args.repeat)
     walls = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(lambda j: medflow_one(j[1], j[2], j[3]), jobs))
+            list(pool.map(lambda j: medflow_one(j[1], j[2], j[3]), timed))
         walls.append(time.perf_counter() - t0)
     mf_par = statistics.median(walls)
 
-    mi_seq, mi_n, mi_results = time_sequential(mirp_one, jobs, 1)
+    mi_seq, mi_n, mi_results = time_sequential(mirp_one, timed, 1)
     init = (smallest[1], str(smallest[2]), str(smallest[3]))
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, initializer=_mirp_worker_init,
                                                 initargs=init) as pool:
         list(pool.map(_mirp_worker_init, [init[0]] * 2, [init[1]] * 2, [init[2]] * 2))  # both workers started
         t0 = time.perf_counter()
-        list(pool.map(mirp_one, [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs]))
+        list(pool.map(mirp_one, [j[1] for j in timed], [j[2] for j in timed], [j[3] for j in timed]))
         mi_par = time.perf_counter() - t0
 
-    print(f"{len(jobs)} ROIs; feature values per run: medflow {mf_n}, MIRP {mi_n}")
+    print(f"{len(jobs)} ROIs x {args.rounds} rounds; feature values per run: medflow {mf_n}, MIRP {mi_n}")
     print("agreement of a few features (relative difference medflow vs MIRP):")
     worst = 0.0
-    for (name, _m, _i, _k), ours, theirs in zip(jobs, mf_results, mi_results, strict=True):
+    for (name, _m, _i, _k), ours, theirs in zip(jobs, mf_results[: len(jobs)], mi_results[: len(jobs)],
+                                                strict=True):
         diffs = []
         for key, agg, prefix in AGREEMENT:
             col = next(c for c in theirs if c.startswith(prefix))
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"{mode:10s} medflow {mf_wall:7.2f} s  {mf_fps:8.1f} features/s | MIRP {mi_wall:7.2f} s "
               f"{mi_fps:8.1f} features/s | ratio medflow/MIRP {ratio:.1f}x")
         op = f"{OPERATION}_{mode}"
-        common = {"operation": op, "mvoxel_per_s": None, "n_rois": len(jobs), "workers": workers}
+        common = {"operation": op, "mvoxel_per_s": None, "n_rois": len(timed), "workers": workers}
         rows.append({**common, "tool": "medflow", "features_per_s": mf_fps, "ratio": 1.0, "seconds": mf_wall,
                      "n_features": mf_n, "repeat": args.repeat})
         rows.append({**common, "tool": "mirp-2.7.0", "features_per_s": mi_fps, "ratio": ratio, "seconds": mi_wall,
