@@ -197,3 +197,34 @@ def test_interpolated_roi_is_on_the_full_image_grid() -> None:
     ref = extract_features(full, fmask, spacing=(1.5, 1.5, 1.5),
                            settings=s.model_copy(update={"new_spacing": None})).set_index("feature")["value"]
     pd.testing.assert_series_equal(got, ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", ["voxel", "line", "slice", "constant"])
+def test_degenerate_rois_do_not_crash(shape: str) -> None:
+    """Tiny or flat ROIs give NaN for undefined features (no pairs, zero axes, zero variance), never
+    an exception or a warning."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    vol = np.round(rng.normal(size=(5, 9, 9)) * 100)
+    mask = np.zeros(vol.shape, dtype=bool)
+    if shape == "voxel":
+        mask[2, 4, 4] = True
+    elif shape == "line":
+        mask[2, 4, 1:8] = True
+    elif shape == "slice":
+        mask[2, 2:7, 2:7] = True
+    else:
+        mask[1:4, 2:7, 2:7] = True
+        vol[mask] = 5.0
+    for name in ("ibsi-config-a", "ibsi-config-c", "ibsi-config-d"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = extract_features(vol, mask, spacing=(2.0, 1.0, 1.0), settings=PRESETS[name])
+        values = table.set_index(["feature", "aggregation"])["value"]
+        if name == "ibsi-config-a":  # no interpolation: the ROI is the mask itself
+            assert values[("stat.mean", "")] == pytest.approx(float(vol[mask].mean()))
+        if shape == "voxel" and name == "ibsi-config-a":
+            assert np.isnan(values[("morph.moran.i", "")])
+        if shape == "constant":
+            assert values[("stat.var", "")] == 0.0 and np.isnan(values[("morph.moran.i", "")])

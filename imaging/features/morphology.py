@@ -162,6 +162,11 @@ def _mvee(points: np.ndarray, tol: float = 0.001, max_iter: int = 2000) -> tuple
     return float(axes[0]), float(axes[1]), float(axes[2])
 
 
+def _div(num: float, den: float) -> float:
+    """``num / den``, NaN where the denominator is zero (degenerate ROIs: one voxel, a line)."""
+    return float(num) / float(den) if den != 0 else float("nan")
+
+
 def morphology_features(morph_mask: np.ndarray, intensity_mask: np.ndarray, image: np.ndarray, *,
                         spacing: tuple[float, ...]) -> dict[str, float]:
     """All IBSI-1 morphological features.
@@ -184,7 +189,7 @@ def morphology_features(morph_mask: np.ndarray, intensity_mask: np.ndarray, imag
     out["morph.vol"] = vol
     out["morph.approx.vol"] = float(mm.sum() * np.prod(sp))
     out["morph.area"] = area
-    out["morph.av"] = area / vol
+    out["morph.av"] = _div(area, vol)
     out["morph.comp.1"] = vol / (np.sqrt(np.pi) * area ** 1.5)
     out["morph.comp.2"] = 36.0 * np.pi * vol * vol / area ** 3
     out["morph.sph.dispr"] = area / (36.0 * np.pi * vol * vol) ** (1.0 / 3.0)
@@ -214,23 +219,23 @@ def morphology_features(morph_mask: np.ndarray, intensity_mask: np.ndarray, imag
     out["morph.pca.flatness"] = float(np.sqrt(lam[2] / lam[0])) if lam[0] > 0 else float("nan")
 
     ext = verts.max(axis=0) - verts.min(axis=0)
-    out["morph.v.dens.aabb"] = vol / float(np.prod(ext))
-    out["morph.a.dens.aabb"] = area / float(2.0 * (ext[0] * ext[1] + ext[0] * ext[2] + ext[1] * ext[2]))
+    out["morph.v.dens.aabb"] = _div(vol, float(np.prod(ext)))
+    out["morph.a.dens.aabb"] = _div(area, float(2.0 * (ext[0] * ext[1] + ext[0] * ext[2] + ext[1] * ext[2])))
 
     v_ombb, a_ombb = _min_bounding_box(verts, hull)
-    out["morph.v.dens.ombb"] = vol / v_ombb
-    out["morph.a.dens.ombb"] = area / a_ombb
+    out["morph.v.dens.ombb"] = _div(vol, v_ombb)
+    out["morph.a.dens.ombb"] = _div(area, a_ombb)
 
     a, b, c = 2.0 * np.sqrt(lam)
-    out["morph.v.dens.aee"] = float(3.0 * vol / (4.0 * np.pi * a * b * c)) if a * b * c > 0 else float("nan")
-    out["morph.a.dens.aee"] = area / ellipsoid_area(float(a), float(b), float(c))
+    out["morph.v.dens.aee"] = _div(3.0 * vol, 4.0 * np.pi * a * b * c)
+    out["morph.a.dens.aee"] = _div(area, ellipsoid_area(float(a), float(b), float(c)))
 
     ma, mb, mc = _mvee(hv)
-    out["morph.v.dens.mvee"] = float(3.0 * vol / (4.0 * np.pi * ma * mb * mc))
-    out["morph.a.dens.mvee"] = area / ellipsoid_area(ma, mb, mc)
+    out["morph.v.dens.mvee"] = _div(3.0 * vol, 4.0 * np.pi * ma * mb * mc)
+    out["morph.a.dens.mvee"] = _div(area, ellipsoid_area(ma, mb, mc))
 
-    out["morph.v.dens.conv.hull"] = vol / float(hull.volume)
-    out["morph.a.dens.conv.hull"] = area / float(hull.area)
+    out["morph.v.dens.conv.hull"] = _div(vol, float(hull.volume))
+    out["morph.a.dens.conv.hull"] = _div(area, float(hull.area))
     out["morph.integ.int"] = vol * float(xint.mean())
     moran, geary = _spatial_autocorrelation(xint, im, tuple(sp))
     out["morph.moran.i"] = moran

@@ -100,7 +100,8 @@ def merge(stack: Stack, groups: np.ndarray, n_groups: int) -> Stack:
 
 
 def _seg_sum(stack: Stack, x: np.ndarray) -> np.ndarray:
-    return np.bincount(stack.mid, weights=x, minlength=stack.n_mats)
+    # bincount of an empty input returns integers; keep every feature array float
+    return np.bincount(stack.mid, weights=x, minlength=stack.n_mats).astype(np.float64, copy=False)
 
 
 def _group_sumsq(mid: np.ndarray, key: np.ndarray, n: np.ndarray, n_mats: int) -> np.ndarray:
@@ -111,7 +112,7 @@ def _group_sumsq(mid: np.ndarray, key: np.ndarray, n: np.ndarray, n_mats: int) -
     combined = mid * kmax + key
     uk, inv = np.unique(combined, return_inverse=True)
     sums = np.bincount(inv, weights=n)
-    return np.bincount(uk // kmax, weights=sums * sums, minlength=n_mats)
+    return np.bincount(uk // kmax, weights=sums * sums, minlength=n_mats).astype(np.float64, copy=False)
 
 
 def _entropy_terms(p: np.ndarray) -> np.ndarray:
@@ -215,7 +216,8 @@ def glcm_features(stack: Stack, n_levels: int) -> FeatureArrays:
         out["cm.inv.diff.mom"] = s(p / (1.0 + d * d))
         out["cm.inv.diff.mom.norm"] = s(p / (1.0 + d * d / (ng * ng)))
         off = ad > 0
-        out["cm.inv.var"] = np.bincount(stack.mid[off], weights=p[off] / (d[off] * d[off]), minlength=nm)
+        out["cm.inv.var"] = np.bincount(stack.mid[off], weights=p[off] / (d[off] * d[off]),
+                                        minlength=nm).astype(np.float64, copy=False)
         cov = s((i - mu[stack.mid]) * (j - mu[stack.mid]) * p)
         corr = cov / var_m
         corr[(var_m <= 0) & (total > 0)] = 1.0
@@ -233,6 +235,7 @@ def glcm_features(stack: Stack, n_levels: int) -> FeatureArrays:
         ic1[(hx <= 0) & (total > 0)] = 1.0
         out["cm.info.corr.1"] = ic1
         out["cm.info.corr.2"] = np.sqrt(np.clip(1.0 - np.exp(-2.0 * (hxy2 - hxy)), 0.0, None))
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
     empty = total <= 0
     for v in out.values():
         v[empty] = np.nan
