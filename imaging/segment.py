@@ -7,8 +7,8 @@ numbered in raster order of each component's first voxel, exactly like
 ``scipy.ndimage.label``):
 
 * **in core** (the volume fits ``memory_budget_bytes``, or no budget is given):
-  ``cc3d.connected_components`` (falls back to ``scipy.ndimage.label`` when cc3d is
-  not installed) on the whole array;
+  the compiled run-length union-find labeller of :mod:`imaging.kernels` on the
+  whole array (GIL-free, axis-0 slabs on threads, merged across slab faces);
 * **out of core**: label each chunk (dask) or slab (numpy), give every chunk's
   labels a global offset, union labels that touch across chunk faces with a
   union-find, then relabel each chunk with one lookup table. Only the chunk faces
@@ -46,8 +46,8 @@ __all__ = [
     "label_memory_bytes",
 ]
 
-#: Bytes of working memory per voxel of in-core labelling (mask copy, cc3d provisional labels, int32 output).
-LABEL_BYTES_PER_VOXEL = 10
+#: Bytes of working memory per voxel of in-core labelling (bool mask copy, int32 output, run tables).
+LABEL_BYTES_PER_VOXEL = 6
 _MAX_INTEGER_BINS = 1 << 20
 _EXTRACT_LIMIT = 1 << 21
 
@@ -389,25 +389,20 @@ def label_memory_bytes(shape: Sequence[int]) -> int:
     return LABEL_BYTES_PER_VOXEL * math.prod(int(s) for s in shape)
 
 
-def _label_local(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    """Raster-ordered int32 labels of an in-memory boolean block (cc3d, else scipy)."""
+def _label_local(mask: np.ndarray, connectivity: int, n_threads: int | None = 1, min_size: int = 0) -> tuple[np.ndarray, int]:
+    """Raster-ordered int32 labels of an in-memory block (same numbering as ``scipy.ndimage.label``).
+
+    3-D masks use the compiled run-based labeller (GIL-free, ``n_threads`` slabs);
+    2-D masks use scipy.
+    """
     mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        mask = mask.astype(bool)
     if mask.ndim == 3:
-        try:
-            import cc3d
-        except ImportError:  # pragma: no cover - cc3d is in requirements.lock
-            pass
-        else:
-            lab, n = cc3d.connected_components(
-                np.ascontiguousarray(mask), connectivity=(6, 18, 26)[connectivity - 1], return_N=True, out_dtype=np.uint32
-            )
-            if n >= 2**31:
-                raise ValueError(f"{n} components do not fit int32 labels")
-            return lab.view(np.int32), int(n)
-    lab, n = ndi.label(mask, structure=ndi.generate_binary_structure(mask.ndim, connectivity))
-    return lab.astype(np.int32, copy=False), int(n)
+        return K.label_runs(mask, connectivity, min_size=min_size, n_threads=n_threads)
+    lab, n = ndi.label(mask.astype(bool, copy=False), structure=ndi.generate_binary_structure(mask.ndim, connectivity))
+    lab = lab.astype(np.int32, copy=False)
+    if min_size > 0:
+        return _relabel_min_size(lab, int(n), min_size)
+    return lab, int(n)
 
 
 def _plane_offsets(connectivity: int) -> np.ndarray:
@@ -558,8 +553,13 @@ def label(
     connectivity: int = 1,
     min_size: int = 0,
     memory_budget_bytes: int | None = None,
+    n_threads: int | None = None,
 ) -> tuple[Any, int]:
     """Connected components of a boolean mask, in core or out of core.
+
+    A compiled run-length two-pass union-find labeller (GIL-free, parallel over
+    axis-0 slabs) does the work on both paths; it returns the same labels as
+    ``scipy.ndimage.label`` with the structure of ``connectivity``.
 
     Parameters
     ----------
@@ -574,6 +574,9 @@ def label(
         If the in-core path's working memory (:func:`label_memory_bytes`) exceeds
         this, label per chunk (dask) or per axis-0 slab (numpy) and merge labels
         across faces with a union-find. ``None`` = always in core.
+    n_threads : int, optional
+        Threads of the in-core labeller (run-based union-find on axis-0 slabs,
+        :func:`imaging.kernels.label_runs`); default all cores.
 
     Returns
     -------
@@ -594,17 +597,12 @@ def label(
     fits = memory_budget_bytes is None or label_memory_bytes(mask.shape) <= memory_budget_bytes
     if _is_dask(mask):
         if fits:
-            lab, n = _label_local(np.asarray(mask.compute()), connectivity)
-            if min_size > 0:
-                lab, n = _relabel_min_size(lab, n, int(min_size))
+            lab, n = _label_local(np.asarray(mask.compute()), connectivity, n_threads, int(min_size))
             return da.from_array(lab, chunks=mask.chunks), n
         return _label_dask_chunked(mask, connectivity, int(min_size))
     arr = np.asarray(mask)
     if fits:
-        lab, n = _label_local(arr, connectivity)
-        if min_size > 0:
-            lab, n = _relabel_min_size(lab, n, int(min_size))
-        return lab, n
+        return _label_local(arr, connectivity, n_threads, int(min_size))
     from imaging.streaming import label_to_store, plan_slab
 
     slab = plan_slab(arr.shape, bytes_per_voxel=LABEL_BYTES_PER_VOXEL, halo=0,

@@ -247,7 +247,7 @@ def label_to_store(
 ) -> int:
     """Connected components of ``src > threshold`` (or ``src != 0``) written to ``dst`` (int32).
 
-    Pass 1 labels each slab (cc3d), offsets its labels to be globally unique, writes
+    Pass 1 labels each slab (compiled run-length labeller), offsets its labels to be globally unique, writes
     them to ``dst`` and unites labels across each pair of facing planes (union-find).
     Pass 2 rewrites ``dst`` slab by slab through one lookup table. The result equals
     ``scipy.ndimage.label`` (raster-ordered numbering) of the whole mask, with
@@ -267,7 +267,7 @@ def label_to_store(
     n0, n1, n2 = (int(v) for v in src.shape)
     n_threads = K.default_threads() if n_threads is None else int(n_threads)
     mif = n_threads if max_in_flight is None else int(max_in_flight)
-    bpv = np.dtype(src.dtype).itemsize + 1 + 4 + 4 + 4  # block, mask, cc3d labels (+ its scratch), int32 out
+    bpv = np.dtype(src.dtype).itemsize + 1 + 4 + 1  # block, mask, int32 labels, run tables (typically << 1)
     slab = _resolve_slab(src, dst, slab, memory_budget_bytes, bpv, 0, mif)
     merger = S.ComponentMerger(connectivity)
     faces: dict[int, tuple[np.ndarray, np.ndarray]] = {}

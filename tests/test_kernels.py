@@ -120,3 +120,34 @@ def test_union_planes_connectivity() -> None:
         from imaging.segment import _plane_offsets
 
         assert K.uf_union_planes(parent, left, right, _plane_offsets(conn)) == merged
+
+
+@pytest.mark.parametrize("connectivity", [1, 2, 3])
+def test_label_runs_equals_scipy_any_thread_count(connectivity: int) -> None:
+    rng = np.random.default_rng(5)
+    for p in (0.2, 0.45, 0.7):
+        m = rng.random((37, 41, 45)) < p
+        ref, n = ndi.label(m, ndi.generate_binary_structure(3, connectivity))
+        for threads in (1, 2, 3):
+            lab, k = K.label_runs(m, connectivity, n_threads=threads)
+            assert k == n
+            np.testing.assert_array_equal(lab, ref)
+        lab, k = K.label_runs(m, connectivity, min_size=5, n_threads=2)
+        sizes = np.bincount(ref.ravel())
+        keep = np.flatnonzero(sizes >= 5)
+        keep = keep[keep > 0]
+        expected = np.zeros_like(ref)
+        inside = np.isin(ref, keep)
+        expected[inside] = np.searchsorted(keep, ref[inside]) + 1
+        assert k == keep.size
+        np.testing.assert_array_equal(lab, expected)
+
+
+def test_label_runs_component_spanning_all_slabs() -> None:
+    m = np.zeros((64, 8, 8), bool)
+    m[:, 0, 0] = True  # one thin component through every slab
+    m[::2, 5, 5] = True  # 32 components
+    lab, n = K.label_runs(m, 1, n_threads=4)
+    ref, nref = ndi.label(m)
+    assert n == nref == 33
+    np.testing.assert_array_equal(lab, ref)

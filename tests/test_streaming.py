@@ -84,9 +84,9 @@ def test_smooth_threshold_label_pipeline_equals_in_core() -> None:
     ct = _ct()
     smoothed = Store(np.zeros(ct.shape, np.float32), chunks=(3, 40, 45))
     labels = Store(np.zeros(ct.shape, np.int32), chunks=(3, 40, 45))
-    plane_bytes = 40 * 45 * 16
+    budget = ST.BASE_BYTES + 2 * 16 * 40 * 45 * 10  # 2 slabs in flight of 16 planes (halo included) at 10 bytes/voxel
     res = ST.smooth_threshold_label(Store(ct), smoothed, labels, spacing=(1, 1, 1), sigma_mm=1.5,
-                                    memory_budget_bytes=ST.BASE_BYTES + 2 * 20 * plane_bytes, n_threads=2)
+                                    memory_budget_bytes=budget, n_threads=2)
     g = ndi.gaussian_filter(ct.astype(np.float32), 1.5)
     thr = threshold_otsu(smoothed._a)
     assert res["threshold"] == pytest.approx(thr)
