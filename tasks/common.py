@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -43,7 +42,11 @@ class Step:
         self.folder = self.ws.artifact_dir(stage, self.key)
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
-        """Input digests, parameters, code version and library versions of this output."""
+        """Input digests, parameters, code version and library versions of this output.
+
+        Deliberately no timestamp or host: recomputing the same inputs must give byte-identical
+        artifacts (same digest), so that everything downstream stays a cache hit.
+        """
         return {
             "stage": self.stage,
             "task": self.name,
@@ -51,7 +54,6 @@ class Step:
             "code_version": STAGE_VERSIONS[self.stage],
             "inputs": _fingerprint(self.inputs),
             "libraries": library_versions(),
-            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             **extra,
         }
 
