@@ -24,7 +24,6 @@ from tasks.preprocessing import preprocess
 from tasks.processing import segment
 from tasks.report import report as report_task
 
-
 #: Optional callable(task_name, state_name) told about every task as it finishes (the CLI's progress line).
 PROGRESS_HOOK: Any = None
 

@@ -5,17 +5,14 @@ One vocabulary everywhere: ``volume``, ``mask``, ``labels``, ``spacing``, ``affi
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias, Union
+from typing import Literal, TypeAlias
 
+import dask.array as da
 import numpy as np
 import numpy.typing as npt
 
-try:  # dask is a hard dependency, but keep the alias usable for type checkers
-    import dask.array as da
-
-    ArrayLike: TypeAlias = Union[np.ndarray, da.Array]
-except ImportError:  # pragma: no cover
-    ArrayLike: TypeAlias = np.ndarray  # type: ignore[no-redef]
+#: A volume in memory (numpy) or chunked and lazy (dask).
+ArrayLike: TypeAlias = np.ndarray | da.Array
 
 FloatArray: TypeAlias = npt.NDArray[np.floating]
 BoolArray: TypeAlias = npt.NDArray[np.bool_]

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from storage.deid.vocabulary import clean_text
 from storage.dicom import collect_folder
 from storage.dicom.guard import GuardLimits
-from storage.deid.vocabulary import clean_text
 from storage.dicom.model import ConvertedVolume, Rejection
 from storage.pseudonym import PseudonymKeys
 from storage.quarantine import QuarantineStore

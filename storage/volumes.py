@@ -113,11 +113,12 @@ def open_array(folder: pathlib.Path) -> xr.DataArray:
     spacing = attrs.get("spacing", [1.0] * 3)
     data = da.from_zarr(z)
     spatial = [d for d in dims if d in ("z", "y", "x")]
-    coords = {}
-    for d, s in zip(spatial, spacing[-len(spatial):], strict=False):
-        n = z.shape[dims.index(d)]
-        coords[d] = ("%s" % d, np.arange(n, dtype=np.float64) * float(s), {"units": "mm"})
-    return xr.DataArray(data, dims=dims, coords={k: v[1] for k, v in coords.items()}, attrs=attrs)
+    coords = {d: np.arange(z.shape[dims.index(d)], dtype=np.float64) * float(s)
+              for d, s in zip(spatial, spacing[-len(spatial):], strict=False)}
+    out = xr.DataArray(data, dims=dims, coords=coords, attrs=attrs)
+    for d in coords:
+        out[d].attrs["units"] = "mm"
+    return out
 
 
 def read_numpy(folder: pathlib.Path) -> tuple[np.ndarray, dict[str, Any]]:

@@ -31,7 +31,14 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from storage.workspace import MANIFEST, ArtifactRef, Workspace, canonical_json, manifest_digest, verify_artifact
+from storage.workspace import (
+    MANIFEST,
+    ArtifactRef,
+    Workspace,
+    canonical_json,
+    manifest_digest,
+    verify_artifact,
+)
 from tasks.versions import STAGE_VERSIONS, library_versions
 
 DEFAULT_IGNORE = ("workspace", "source")

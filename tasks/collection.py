@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from medflow.config import CollectionConfig
 from storage.workspace import ArtifactRef, atomic_folder, canonical_json, sha256_bytes, sha256_file
-from tasks.common import Step, stage_task, sub_ref, write_json
+from tasks.common import Step, stage_task, write_json
 
 
 class CollectionOutput(BaseModel):

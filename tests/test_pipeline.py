@@ -1,6 +1,5 @@
 """The whole pipeline on real DICOM: outputs, content-addressed caching, moves, parameter changes, export."""
 
-import json
 import pathlib
 import shutil
 import time
