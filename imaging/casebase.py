@@ -15,6 +15,7 @@ import pandas as pd
 
 from imaging import discovery
 from imaging.learn import to_jsonable
+from imaging.types import Classifier
 
 
 def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.Data
     rows = features if include_auto else features[features.get("roi_source", "") != "auto"]
     if rows.empty:
         return pd.DataFrame(columns=["patient_key", "volume_key", "roi", "modality"])
-    agg = rows["aggregation"].fillna("").astype(str) if "aggregation" in rows else ""
+    agg = (rows["aggregation"] if "aggregation" in rows else pd.Series("", index=rows.index)).fillna("").astype(str)
     long = rows.assign(roi=rows["roi_name"], feature_id=rows["family"].astype(str) + "." + rows["feature"].astype(str)
                        + agg.map(lambda a: f".{a}" if a else ""))
     wide = long.pivot_table(index=["patient_key", "volume_key", "roi"], columns="feature_id", values="value",
@@ -42,7 +43,7 @@ def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.Data
 
 
 def run_discovery(features: pd.DataFrame, clinical: pd.DataFrame | None, *, label_column: str | None,
-                  treatment_column: str | None, outcome_column: str | None, classifiers: Sequence[str],
+                  treatment_column: str | None, outcome_column: str | None, classifiers: Sequence[Classifier],
                   cv_folds: int, n_similar: int, random_state: int) -> dict[str, Any]:
     """Case mining, similar cases, prediction, efficacy and decision support per modality.
 
