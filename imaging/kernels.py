@@ -40,6 +40,7 @@ __all__ = [
     "gaussian_weights",
     "gaussian_slices",
     "gaussian_filter",
+    "separable_filter",
     "median_network",
     "median_slices",
     "median_filter",
@@ -122,20 +123,38 @@ def run_slabs(fn: Callable[[int, int], object], n: int, n_threads: int | None = 
 # ---------------------------------------------------------------------------------------------
 
 
-def gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """1-D Gaussian weights exactly as ``scipy.ndimage.gaussian_filter1d`` builds them.
+def gaussian_weights(sigma: float, truncate: float = 4.0, order: int = 0) -> np.ndarray:
+    """1-D Gaussian (derivative) correlation weights exactly as ``scipy.ndimage.gaussian_filter1d`` builds them.
 
-    ``radius = int(truncate * sigma + 0.5)``; weights ``exp(-x^2 / (2 sigma^2))``
-    normalised to sum 1 (float64). ``sigma == 0`` gives the identity ``[1.0]``.
+    ``radius = int(truncate * sigma + 0.5)``; ``order`` 0 = smoothing (weights sum to 1),
+    1 and 2 = first and second derivative of the sampled, normalised Gaussian
+    (scipy's construction). ``sigma == 0`` with order 0 gives the identity ``[1.0]``.
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+    if order not in (0, 1, 2):
+        raise ValueError(f"order must be 0, 1 or 2, got {order!r}")
     if sigma == 0:
+        if order:
+            raise ValueError("sigma must be > 0 for a derivative")
         return np.ones(1, dtype=np.float64)
     radius = int(truncate * float(sigma) + 0.5)
+    s2 = float(sigma) * float(sigma)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
-    phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x * x)
-    return phi / phi.sum()
+    phi = np.exp(-0.5 / s2 * x * x)
+    phi = phi / phi.sum()
+    if order == 0:
+        return phi
+    # derivative weights: q(x) * phi(x) with q from repeated differentiation (as scipy), then
+    # reversed because scipy correlates with the reversed kernel (a convolution)
+    exps = np.arange(order + 1)
+    q = np.zeros(order + 1)
+    q[0] = 1
+    qd = np.diag(exps[1:].astype(np.float64), 1) + np.diag(np.ones(order) / -s2, -1)
+    for _ in range(order):
+        q = qd.dot(q)
+    w = (x[:, None] ** exps).dot(q) * phi
+    return w[::-1].copy()
 
 
 @numba.njit(nogil=True, cache=True)
@@ -207,6 +226,38 @@ def _check_3d(volume: np.ndarray, name: str = "volume") -> None:
         raise ValueError(f"{name} must be 3-D, got shape {tuple(volume.shape)!r}")
 
 
+def separable_filter(
+    volume: np.ndarray,
+    weights: Sequence[np.ndarray],
+    *,
+    mode: str = "reflect",
+    cval: float = 0.0,
+    out: np.ndarray | None = None,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """Separable 3-D correlation with odd-length 1-D ``weights`` per axis, on slabs of threads; float32 out.
+
+    ``out[i] = sum_k w0[k0] w1[k1] w2[k2] v[i + k - r]`` with scipy.ndimage boundary ``mode``
+    (equals ``scipy.ndimage.correlate1d`` applied along each axis, float32 rounding aside).
+    """
+    _check_3d(volume)
+    if len(weights) != 3 or any(np.ndim(w) != 1 or len(w) % 2 == 0 for w in weights):
+        raise ValueError("weights must be 3 one-dimensional arrays of odd length")
+    if out is None:
+        out = np.empty(volume.shape, dtype=np.float32)
+    elif out.shape != volume.shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 with shape {volume.shape}, got {out.dtype} {out.shape}")
+    ws = [np.ascontiguousarray(w, dtype=np.float64) for w in weights]
+    maps = [boundary_index(int(n), len(w) // 2, len(w) // 2, mode) for n, w in zip(volume.shape, ws, strict=True)]
+    src = np.ascontiguousarray(volume) if not volume.flags.c_contiguous else volume
+
+    def work(a: int, b: int) -> None:
+        gaussian_slices(src, 0, out[a:b], a, b, ws[0], maps[0], ws[1], maps[1], ws[2], maps[2], cval)
+
+    run_slabs(work, volume.shape[0], n_threads)
+    return out
+
+
 def gaussian_filter(
     volume: np.ndarray,
     sigma: Sequence[float],
@@ -216,8 +267,6 @@ def gaussian_filter(
     cval: float = 0.0,
     out: np.ndarray | None = None,
     n_threads: int | None = None,
-    z_offset: int = 0,
-    full_length: int | None = None,
 ) -> np.ndarray:
     """Separable 3-D Gaussian of an in-memory array on slabs of threads; float32 result.
 
@@ -230,29 +279,11 @@ def gaussian_filter(
     sigma : 3 floats, in voxels per axis
     out : ndarray float32 (n0, n1, n2), optional
         Preallocated output (fastest: no page faults).
-    z_offset, full_length : int
-        For blocks of a larger volume along axis 0 (used by the streaming code): the
-        block holds global slices ``z_offset .. z_offset + n0`` of an axis of length
-        ``full_length`` and *all* global slices are produced as if the whole axis
-        were present -- only valid when the caller passes the halo itself.
     """
-    _check_3d(volume)
     if len(sigma) != 3:
         raise ValueError(f"sigma must have 3 values, got {sigma!r}")
-    if out is None:
-        out = np.empty(volume.shape, dtype=np.float32)
-    elif out.shape != volume.shape or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 with shape {volume.shape}, got {out.dtype} {out.shape}")
     ws = [gaussian_weights(float(s), truncate) for s in sigma]
-    n0, n1, n2 = volume.shape
-    maps = [boundary_index(n, len(w) // 2, len(w) // 2, mode) for n, w in zip((n0, n1, n2), ws, strict=True)]
-    src = np.ascontiguousarray(volume) if not volume.flags.c_contiguous else volume
-
-    def work(a: int, b: int) -> None:
-        gaussian_slices(src, 0, out[a:b], a, b, ws[0], maps[0], ws[1], maps[1], ws[2], maps[2], cval)
-
-    run_slabs(work, n0, n_threads)
-    return out
+    return separable_filter(volume, ws, mode=mode, cval=cval, out=out, n_threads=n_threads)
 
 
 # ---------------------------------------------------------------------------------------------
