@@ -137,6 +137,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
         "report": ws.relative(latest),
         "report_artifact": rep.html.uri,
         "features": rep.features.uri,
+        "discovery": disc.results.uri,
         "volumes": len(coll.volumes),
         "masks": len(coll.masks),
         "quarantined": coll.n_rejected,

@@ -74,7 +74,11 @@ def run_discovery(features: pd.DataFrame, clinical: pd.DataFrame | None, *, labe
         else:
             res["similar"] = {"status": "skipped", "reason": f"similar cases need >= 2 cases, got {len(table)}"}
         models = {}
-        if label_column and label_column in table.columns:
+        if label_column and label_column in table.columns and not feats:
+            res["prediction"] = {kind: {"status": "skipped", "reason": "not enough cases for cross-validation: "
+                                        f"{len(table)} case(s) and no feature that varies between cases"}
+                                 for kind in classifiers}
+        elif label_column and label_column in table.columns:
             for kind in classifiers:
                 pred = discovery.predict_cases(table, feature_columns=feats, label=label_column, kind=kind,
                                                outer_folds=cv_folds, inner_folds=min(cv_folds, 3),

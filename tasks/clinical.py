@@ -21,13 +21,17 @@ def file_fingerprint(path: str | pathlib.Path) -> ArtifactRef:
 @stage_task("collection", "clinical")
 def ingest_clinical(workspace: str, source: str, content: ArtifactRef, key_id: str) -> ArtifactRef:
     """Validate the clinical table, map patient identifiers to the image pseudonyms, drop PHI columns."""
-    from storage.clinical import infer_schema, load_clinical, read_table
+    import pandas as pd
+
+    from storage.clinical import infer_schema, load_clinical
     from storage.pseudonym import PseudonymKeys
+    from storage.vault import Vault
 
     step = Step("collection", "clinical", workspace, content=content, key_id=key_id)
     keys = PseudonymKeys.from_env()
-    schema = infer_schema(read_table(source))
-    table = load_clinical(source, schema=schema, keys=keys)
+    raw = pd.read_parquet(source) if str(source).lower().endswith(".parquet") else pd.read_csv(source, dtype=str)
+    schema = infer_schema(raw)
+    table = load_clinical(source, schema=schema, keys=keys, vault=Vault(step.ws.root, keys)).reset_index()
     with atomic_folder(step.folder) as stage:
         table.to_parquet(stage / "clinical.parquet", index=False)
     return step.ref("clinical", "clinical.parquet", meta={"n_rows": int(len(table)),

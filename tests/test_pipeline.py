@@ -1,5 +1,6 @@
 """The whole pipeline on real DICOM: outputs, content-addressed caching, moves, parameter changes, export."""
 
+import json
 import pathlib
 import shutil
 import time
@@ -177,3 +178,28 @@ def test_single_series_exports_exactly_one_nifti_equal_to_dcm2niix(shared_data, 
     # all 96 positions (2.000001 mm), which puts every slice on its own file's position. After reorientation the
     # origin sits at the far end of the stack, where the two differ by 95 x 1.06e-4 = 0.0100 mm.
     np.testing.assert_allclose(ours.affine, ref.affine, atol=0.0101)
+
+
+def test_clinical_table_joins_on_the_image_pseudonym(first, tmp_path):
+    """Patient identifiers in the clinical table map to the same pseudonym as the images; PHI columns drop."""
+    import pydicom
+
+    ds = pydicom.dcmread(next((first["src"] / "STS_008" / "CT" / "image").glob("*.dcm")), stop_before_pixels=True)
+    csv = tmp_path / "clinical.csv"
+    csv.write_text(f"patient_id,patient_name,age,label\n{ds.PatientID},Doe^Jane,61,metastasis\n")
+    from flows.pipeline import pipeline
+
+    s = pipeline(PipelineConfig(source=str(first["src"]), workspace=str(first["ws"]), clinical=str(csv)))
+    states = _states(s)
+    assert states["clinical"] == {"Completed"} and states["collect"] == {"Cached"}
+    disc = next(t for t in s["tasks"]["detail"] if t["task"] == "discover")
+    assert disc["state"] == "Completed"
+    cases = pd.read_parquet((first["ws"] / s["discovery"]).with_name("cases.parquet"))
+    clinical = pd.read_parquet(next((first["ws"] / "artifacts" / "collection").rglob("clinical.parquet")))
+    assert set(clinical["patient_key"]) == set(cases["patient_key"])  # same pseudonym as the images
+    assert "patient_id" not in clinical.columns and "patient_name" not in clinical.columns
+    assert ds.PatientID not in clinical.to_csv()
+    results = json.loads((first["ws"] / s["discovery"]).read_text())
+    pred = results["modalities"]["CT"]["prediction"]
+    # one patient cannot support cross-validation: reported with its reason, not silently dropped
+    assert all(p["status"] == "skipped" and "cross-validation" in p["reason"] for p in pred.values())
