@@ -15,7 +15,7 @@ from medflow import runtime
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="medflow: DICOM to volumes, masks, IBSI features, predictions and a report.")
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample" / "ibsi_sts" / "dicom"
 

@@ -72,6 +72,25 @@ class CollectionSummary:
     n_files: int = 0
 
 
+def burned_in_refusal(ds: Any) -> str | None:
+    """Refuse images that may carry burned-in text (PS3.15 E.1.1 / Clean Pixel Data is not performed).
+
+    Header-only variant of :func:`storage.deid.burned_in.burned_in_risk`: BurnedInAnnotation
+    YES refuses, NO accepts; when absent, risky modalities and SOP classes (US, SC, XA,
+    endoscopy, ...) are refused.
+    """
+    from storage.deid.burned_in import ENCAPSULATED_DOCUMENT_PREFIX, RISKY_MODALITIES, RISKY_SOP_CLASSES
+
+    sop = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop.startswith(ENCAPSULATED_DOCUMENT_PREFIX):
+        return "encapsulated_document"
+    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if flag in ("YES", "NO"):
+        return "burned_in_annotation" if flag == "YES" else None
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    return "burned_in_annotation" if modality in RISKY_MODALITIES or sop in RISKY_SOP_CLASSES else None
+
+
 def rejection_record(rej: Rejection) -> dict[str, Any]:
     return {"sha256": rej.sha256, "reason": rej.reason, "detail": rej.detail,
             "exception_type": rej.exception_type, "series_key": rej.series_key}
@@ -99,7 +118,8 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     result = collect_folder(source, max_pixel_bytes=int(config.max_pixel_bytes), guard_limits=guard_limits(config),
                             pet_units=config.pet_units, apply_magnification=config.apply_magnification,
                             seg_fractional_threshold=config.seg_fractional_threshold,
-                            rtstruct_slice_tolerance=config.rtstruct_slice_tolerance)
+                            rtstruct_slice_tolerance=config.rtstruct_slice_tolerance,
+                            refuse=None if config.allow_burned_in else burned_in_refusal)
     out = CollectionSummary(n_files=result.n_files)
     vault = Vault(workspace, keys)
     by_series: dict[tuple[str, int], str] = {}

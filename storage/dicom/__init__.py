@@ -8,8 +8,9 @@ are arrays, geometry and a whitelisted, PHI-free metadata dict (see
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from storage.dicom.model import ConvertedMask, ConvertedVolume, Rejection
 
@@ -38,7 +39,8 @@ class CollectionResult:
 def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024**3, pet_units: str = "as_stored",
                    guard_limits: GuardLimits | None = None, guard_workers: int = 2,
                    apply_magnification: bool = True, seg_fractional_threshold: float = 0.5,
-                   rtstruct_slice_tolerance: float = 0.1) -> CollectionResult:
+                   rtstruct_slice_tolerance: float = 0.1,
+                   refuse: Callable[[Any], str | None] | None = None) -> CollectionResult:
     """scan -> (guard) -> group -> convert images -> rasterise RTSTRUCT / SEG.
 
     Parameters
@@ -88,6 +90,16 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
             else:
                 result.rejections.append(rej)
         entries = kept
+    if refuse is not None:  # policy hook, e.g. burned-in annotation risk (de-identification boundary)
+        allowed = []
+        for e in entries:
+            reason = refuse(e.dataset) if e.object_kind == "image" else None
+            if reason is None:
+                allowed.append(e)
+            else:
+                result.rejections.append(Rejection(e.sha256, reason, "refused by the collection policy "
+                                                   f"({reason}); set allow_burned_in to accept such images"))
+        entries = allowed
     groups = group_series(entries)
     for g in groups:
         if g.object_kind != "image":
