@@ -1194,3 +1194,125 @@ def label_runs(
             for f in [ex.submit(second, k) for k in range(len(ranges))]:
                 f.result()
     return out, int(n)
+
+
+@numba.njit(nogil=True, cache=True)
+def runs_to_planes(out, plane_lo, row_ptr, rs, re, rl, lut, add):  # pragma: no cover - jit
+    """Write planes ``plane_lo .. plane_lo + out.shape[0]`` of a run table into ``out``.
+
+    Each run gets ``lut[label] + add`` (``0`` stays background); everything else 0.
+    """
+    m, n1, n2 = out.shape
+    for p in range(m):
+        for y in range(n1):
+            r = (plane_lo + p) * n1 + y
+            x = 0
+            for q in range(row_ptr[r], row_ptr[r + 1]):
+                for xx in range(x, rs[q]):
+                    out[p, y, xx] = 0
+                v = lut[rl[q]]
+                if v != 0:
+                    v += add
+                for xx in range(rs[q], re[q] + 1):
+                    out[p, y, xx] = v
+                x = re[q] + 1
+            for xx in range(x, n2):
+                out[p, y, xx] = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def runs_stats(row_ptr, rs, re, rl, lut, n, z0, n1, n2):  # pragma: no cover - jit
+    """Voxel count and global raster index of the first voxel of labels ``lut[run label]`` (1..n)."""
+    counts = np.zeros(n + 1, dtype=np.int64)
+    first = np.full(n + 1, -1, dtype=np.int64)
+    for r in range(row_ptr.shape[0] - 1):
+        z = z0 + r // n1
+        y = r % n1
+        for q in range(row_ptr[r], row_ptr[r + 1]):
+            lab = lut[rl[q]]
+            if lab == 0:
+                continue
+            counts[lab] += re[q] - rs[q] + 1
+            if first[lab] < 0:
+                first[lab] = (z * n1 + y) * n2 + rs[q]
+    return counts, first
+
+
+def label_slab_runs(mask: np.ndarray, connectivity: int) -> tuple[tuple, np.ndarray, int]:
+    """Label one in-memory slab into a compact run table.
+
+    Returns ``(runs, lut, n)`` where ``runs = (row_ptr, rs, re, rl)`` and ``lut[rl]`` gives
+    labels 1..n numbered in raster order within the slab (as ``scipy.ndimage.label``).
+    """
+    _check_3d(mask, "mask")
+    m = np.ascontiguousarray(mask, dtype=np.bool_)
+    dzs, dys, exts = _causal_rows(connectivity)
+    row_ptr, rs, re, rl, parent, n = runs_label_slab(m, 0, m.shape[0], dzs, dys, exts)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    _run_sizes(rs, re, rl, sizes, 0)
+    lut, k = _finish_lut(parent.copy(), sizes, 0)
+    return (row_ptr, rs, re, rl), lut, int(k)
+
+
+@numba.njit(nogil=True, cache=True)
+def _hist_uniform(flat, edges, norm, counts):  # pragma: no cover - jit
+    nb = edges.shape[0] - 1
+    e0 = edges[0]
+    e1 = edges[nb]
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if not (v >= e0 and v <= e1):
+            continue  # outside the range, or NaN
+        k = np.int64((v - e0) * norm)
+        if k >= nb:
+            k = nb - 1
+        if k < 0:
+            k = 0
+        while k > 0 and v < edges[k]:
+            k -= 1
+        while k < nb - 1 and v >= edges[k + 1]:
+            k += 1
+        counts[k] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _hist_uniform_masked(flat, mflat, edges, norm, counts):  # pragma: no cover - jit
+    nb = edges.shape[0] - 1
+    e0 = edges[0]
+    e1 = edges[nb]
+    for i in range(flat.shape[0]):
+        if not mflat[i]:
+            continue
+        v = flat[i]
+        if not (v >= e0 and v <= e1):
+            continue
+        k = np.int64((v - e0) * norm)
+        if k >= nb:
+            k = nb - 1
+        if k < 0:
+            k = 0
+        while k > 0 and v < edges[k]:
+            k -= 1
+        while k < nb - 1 and v >= edges[k + 1]:
+            k += 1
+        counts[k] += 1
+
+
+def histogram_uniform(block: np.ndarray, edges: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Counts of ``block`` in equal-width bins with ``edges`` -- the same counts as ``numpy.histogram``.
+
+    Bin ``k`` holds ``edges[k] <= v < edges[k + 1]`` (the last bin is closed); values
+    outside ``[edges[0], edges[-1]]`` and NaN are not counted. Pass the edges numpy
+    builds (``numpy.histogram_bin_edges`` with the data's dtype) to match it exactly.
+    """
+    flat = np.ascontiguousarray(block).reshape(-1)
+    e = np.ascontiguousarray(edges)
+    nb = e.shape[0] - 1
+    counts = np.zeros(nb, dtype=np.int64)
+    span = float(e[-1]) - float(e[0])
+    norm = nb / span if span > 0 else 0.0
+    if mask is None:
+        _hist_uniform(flat, e, norm, counts)
+    else:
+        _hist_uniform_masked(flat, np.ascontiguousarray(mask, dtype=np.bool_).reshape(-1), e, norm, counts)
+    return counts

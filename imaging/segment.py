@@ -147,7 +147,7 @@ def _minmax_count(volume: Any, mask: Any) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-def histogram(volume: Any, *, mask: Any = None, bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def histogram(volume: Any, *, mask: Any = None, bins: int = 256, value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of a (masked) volume from per-chunk histograms, with scikit-image's bins.
 
     Integer volumes get one bin per integer value from the minimum to the maximum
@@ -162,6 +162,9 @@ def histogram(volume: Any, *, mask: Any = None, bins: int = 256) -> tuple[np.nda
         Only voxels where ``mask`` is True are counted.
     bins : int
         Number of bins for floating-point data.
+    value_range : (min, max), optional
+        The exact minimum and maximum of the (masked) data if already known (e.g.
+        from the pass that produced it): saves one pass over non-int16 data.
 
     Returns
     -------
@@ -182,7 +185,12 @@ def histogram(volume: Any, *, mask: Any = None, bins: int = 256) -> tuple[np.nda
             raise ValueError("no voxels selected (empty volume or empty mask)")
         a, b = int(nz[0]), int(nz[-1]) + 1
         return counts[a:b], np.arange(a - 32768, b - 32768, dtype=np.int64)
-    lo, hi, _ = _minmax_count(volume, mask)
+    if value_range is not None:
+        lo, hi = dtype.type(value_range[0]), dtype.type(value_range[1])
+        if not hi >= lo:
+            raise ValueError(f"value_range must be (min, max) with max >= min, got {value_range!r}")
+    else:
+        lo, hi, _ = _minmax_count(volume, mask)
     if np.issubdtype(dtype, np.integer) and int(hi) - int(lo) < _MAX_INTEGER_BINS:
         ilo, ihi = int(lo), int(hi)
 
@@ -194,19 +202,26 @@ def histogram(volume: Any, *, mask: Any = None, bins: int = 256) -> tuple[np.nda
         return counts, np.arange(ilo, ihi + 1, dtype=np.int64)
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise TypeError(f"volume must be real-valued, got dtype {dtype}")
-    # keep the range in the data's dtype: numpy.histogram then builds the same edges as scikit-image does
+    # keep the range in the data's dtype: numpy.histogram then builds the same edges as scikit-image does,
+    # and the compiled counter assigns every value to the same bin as numpy.histogram
     flo, fhi = dtype.type(lo), dtype.type(hi)
+    edges = np.histogram_bin_edges(np.array([flo, fhi], dtype=dtype), bins=int(bins), range=(flo, fhi))
+    if np.issubdtype(dtype, np.floating) and edges.dtype == dtype and fhi > flo:
 
-    def ffloat(b: np.ndarray, m: np.ndarray | None) -> np.ndarray:
-        vals = b if m is None else b[m]
-        return np.histogram(vals, bins=int(bins), range=(flo, fhi))[0]
+        def ffloat(b: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+            return K.histogram_uniform(b, edges, m)
+
+    else:
+
+        def ffloat(b: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+            vals = b if m is None else b[m]
+            return np.histogram(vals, bins=int(bins), range=(flo, fhi))[0]
 
     counts = np.sum(_blockwise(volume, mask, ffloat), axis=0)
-    edges = np.histogram_bin_edges(np.array([flo, fhi], dtype=dtype), bins=int(bins), range=(flo, fhi))
     return counts.astype(np.int64), (edges[:-1] + edges[1:]) / 2
 
 
-def otsu_threshold(volume: Any, *, mask: Any = None, bins: int = 256) -> float:
+def otsu_threshold(volume: Any, *, mask: Any = None, bins: int = 256, value_range: tuple[float, float] | None = None) -> float:
     """Otsu's threshold from a chunked histogram (equals ``skimage.filters.threshold_otsu``).
 
     Foreground is ``volume > threshold`` (scikit-image convention).
@@ -218,6 +233,8 @@ def otsu_threshold(volume: Any, *, mask: Any = None, bins: int = 256) -> float:
         Restrict the histogram to these voxels.
     bins : int
         Bins for floating-point data (integers use one bin per value; see :func:`histogram`).
+    value_range : (min, max), optional
+        Exact data range if known (see :func:`histogram`).
 
     Returns
     -------
@@ -226,7 +243,7 @@ def otsu_threshold(volume: Any, *, mask: Any = None, bins: int = 256) -> float:
     """
     from skimage.filters import threshold_otsu
 
-    counts, centers = histogram(volume, mask=mask, bins=bins)
+    counts, centers = histogram(volume, mask=mask, bins=bins, value_range=value_range)
     return float(threshold_otsu(hist=(counts, centers)))
 
 

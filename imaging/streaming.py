@@ -40,8 +40,10 @@ __all__ = [
     "smooth_threshold_label",
 ]
 
-#: Memory assumed for the interpreter, numba, and the store's codec buffers (bytes).
-BASE_BYTES = 400 * 2**20
+#: Memory assumed for the interpreter and libraries (~0.27 GiB measured with numpy/scipy/dask/numba/zarr
+#: imported) plus the store's codec buffers and thread arenas (~0.3 GiB measured with zarr 3, lz4 chunks of
+#: 8-16 MB), in bytes. The slab plan fits the working set into ``memory_budget_bytes - BASE_BYTES``.
+BASE_BYTES = 600 * 2**20
 
 
 def _check_store(x: Any, name: str, write: bool = False) -> None:
@@ -59,6 +61,12 @@ def _align(dst: Any) -> int:
     return 1
 
 
+def _sub_planes(dst: Any) -> int:
+    """Planes written per store call: a multiple of the store's axis-0 chunk, at least 8."""
+    align = _align(dst)
+    return align * max(1, -(-8 // align))
+
+
 def plan_slab(
     shape: Sequence[int],
     *,
@@ -68,11 +76,13 @@ def plan_slab(
     max_in_flight: int = 2,
     base_bytes: int = 0,
     align: int = 1,
+    halo_bytes_per_voxel: float | None = None,
 ) -> int:
     """Largest slab thickness (planes) whose in-flight working set fits the budget.
 
-    ``max_in_flight * (slab + 2 * halo) * plane_voxels * bytes_per_voxel + base_bytes
-    <= memory_budget_bytes``, rounded down to a multiple of ``align`` (at least ``align``).
+    ``base_bytes + max_in_flight * plane_voxels * (slab * bytes_per_voxel + 2 * halo *
+    halo_bytes_per_voxel) <= memory_budget_bytes`` (``halo_bytes_per_voxel`` defaults to
+    ``bytes_per_voxel``), rounded down to a multiple of ``align`` (at least ``align``).
 
     Raises
     ------
@@ -80,16 +90,17 @@ def plan_slab(
         If not even one aligned slab fits.
     """
     plane = math.prod(int(s) for s in shape[1:])
+    hb = bytes_per_voxel if halo_bytes_per_voxel is None else halo_bytes_per_voxel
     avail = memory_budget_bytes - base_bytes
-    s = int(avail // (max_in_flight * plane * bytes_per_voxel)) - 2 * halo
+    s = int((avail / (max_in_flight * plane) - 2 * halo * hb) // bytes_per_voxel)
     s = min(s, int(shape[0]))
-    if align > 1:
-        s = (s // align) * align if s < int(shape[0]) else s
+    if align > 1 and s < int(shape[0]):
+        s = (s // align) * align
     if s < 1:
-        need = base_bytes + max_in_flight * (align + 2 * halo) * plane * bytes_per_voxel
+        need = base_bytes + max_in_flight * plane * (align * bytes_per_voxel + 2 * halo * hb)
         raise ValueError(
-            f"memory_budget_bytes={memory_budget_bytes} is too small for slabs of {align} planes of {tuple(shape[1:])} "
-            f"(needs about {int(need)} bytes)"
+            f"memory_budget_bytes={memory_budget_bytes} is too small for {max_in_flight} slab(s) of {align} planes "
+            f"of {tuple(shape[1:])} (needs about {int(need)} bytes)"
         )
     return s
 
@@ -152,8 +163,11 @@ def map_slabs(
 
 
 def _resolve_slab(
-    src: Any, dst: Any | None, slab: int | None, memory_budget_bytes: int | None, bytes_per_voxel: float, halo: int, max_in_flight: int
+    src: Any, dst: Any | None, slab: int | None, memory_budget_bytes: int | None, bytes_per_voxel: float, halo: int,
+    max_in_flight: int, halo_bytes_per_voxel: float | None = None, fixed_planes: float = 0.0,
 ) -> int:
+    """Slab thickness: explicit, or planned from the budget (``fixed_planes`` = plane-voxel bytes per slab
+    that do not grow with the slab, e.g. a sub-slab output buffer)."""
     align = _align(dst) if dst is not None else 1
     if slab is not None:
         if slab < 1:
@@ -166,8 +180,10 @@ def _resolve_slab(
         plane = math.prod(int(s) for s in src.shape[1:])
         s = max(1, int(256 * 2**20 // (plane * bytes_per_voxel)))
         return max(align, (s // align) * align)
+    plane = math.prod(int(v) for v in src.shape[1:])
+    base = BASE_BYTES + int(max_in_flight * fixed_planes * plane)
     return plan_slab(src.shape, bytes_per_voxel=bytes_per_voxel, halo=halo, memory_budget_bytes=memory_budget_bytes,
-                     max_in_flight=max_in_flight, base_bytes=BASE_BYTES, align=align)
+                     max_in_flight=max_in_flight, base_bytes=base, align=align, halo_bytes_per_voxel=halo_bytes_per_voxel)
 
 
 def gaussian_to_store(
@@ -204,20 +220,30 @@ def gaussian_to_store(
     maps = [K.boundary_index(n, len(w) // 2, len(w) // 2, mode) for n, w in zip((n0, n1, n2), ws, strict=True)]
     n_threads = K.default_threads() if n_threads is None else int(n_threads)
     mif = n_threads if max_in_flight is None else int(max_in_flight)
-    bpv = np.dtype(src.dtype).itemsize + 4 + 4  # input block + output slab (+ store's encode copy)
-    slab = _resolve_slab(src, dst, slab, memory_budget_bytes, bpv, halo, mif)
+    # memory per in-flight slab: the input block (slab + 2 halo planes) plus one float32 sub-slab
+    # of `sub` planes being written (and the store's encoded copy of it)
+    isz = np.dtype(src.dtype).itemsize
+    sub = _sub_planes(dst)
+    slab = _resolve_slab(src, dst, slab, memory_budget_bytes, isz, halo, mif, fixed_planes=sub * 8.0)
     lo_hi = [math.inf, -math.inf]
 
-    def fn(block: np.ndarray, lo: int, z0: int, z1: int) -> tuple[np.ndarray, tuple[float, float]]:
-        out = np.empty((z1 - z0, n1, n2), dtype=np.float32)
-        K.gaussian_slices(np.ascontiguousarray(block), lo, out, z0, z1, ws[0], maps[0], ws[1], maps[1], ws[2], maps[2], cval)
-        return out, (float(out.min()), float(out.max()))
+    def fn(block: np.ndarray, lo: int, z0: int, z1: int) -> tuple[None, tuple[float, float]]:
+        blk = np.ascontiguousarray(block)
+        out = np.empty((min(sub, z1 - z0), n1, n2), dtype=np.float32)
+        mn, mx = math.inf, -math.inf
+        for a in range(z0, z1, sub):
+            b = min(z1, a + sub)
+            o = out[: b - a]
+            K.gaussian_slices(blk, lo, o, a, b, ws[0], maps[0], ws[1], maps[1], ws[2], maps[2], cval)
+            mn, mx = min(mn, float(o.min())), max(mx, float(o.max()))
+            dst[a:b] = o
+        return None, (mn, mx)
 
     def done(k: int, z0: int, z1: int, mm: tuple[float, float]) -> None:
         lo_hi[0] = min(lo_hi[0], mm[0])
         lo_hi[1] = max(lo_hi[1], mm[1])
 
-    map_slabs(fn, src, dst, slab=slab, halo=halo, n_threads=n_threads, max_in_flight=mif, on_done=done)
+    map_slabs(fn, src, None, slab=slab, halo=halo, n_threads=n_threads, max_in_flight=mif, on_done=done)
     return float(lo_hi[0]), float(lo_hi[1])
 
 
@@ -227,10 +253,10 @@ def histogram_store(src: Any, *, bins: int = 256, mask: Any = None) -> tuple[np.
     return S.histogram(src, mask=mask, bins=bins)
 
 
-def otsu_threshold_store(src: Any, *, bins: int = 256, mask: Any = None) -> float:
+def otsu_threshold_store(src: Any, *, bins: int = 256, mask: Any = None, value_range: tuple[float, float] | None = None) -> float:
     """:func:`imaging.segment.otsu_threshold` of an array-like, read in bounded slabs."""
     _check_store(src, "src")
-    return S.otsu_threshold(src, mask=mask, bins=bins)
+    return S.otsu_threshold(src, mask=mask, bins=bins, value_range=value_range)
 
 
 def label_to_store(
@@ -247,11 +273,13 @@ def label_to_store(
 ) -> int:
     """Connected components of ``src > threshold`` (or ``src != 0``) written to ``dst`` (int32).
 
-    Pass 1 labels each slab (compiled run-length labeller), offsets its labels to be globally unique, writes
-    them to ``dst`` and unites labels across each pair of facing planes (union-find).
-    Pass 2 rewrites ``dst`` slab by slab through one lookup table. The result equals
-    ``scipy.ndimage.label`` (raster-ordered numbering) of the whole mask, with
-    components smaller than ``min_size`` removed.
+    Pass 1, per slab: read ``src`` in sub-slabs into a boolean mask, label the mask
+    into a compact run table (compiled run-length union-find), give its labels a
+    global offset, write them to ``dst`` sub-slab by sub-slab, and unite labels across
+    each pair of facing planes (union-find over all provisional labels). Pass 2
+    rewrites ``dst`` through one lookup table (slabs whose labels do not change are
+    skipped). The result equals ``scipy.ndimage.label`` of the whole mask (raster-order
+    numbering), with components smaller than ``min_size`` removed.
 
     Returns
     -------
@@ -267,39 +295,78 @@ def label_to_store(
     n0, n1, n2 = (int(v) for v in src.shape)
     n_threads = K.default_threads() if n_threads is None else int(n_threads)
     mif = n_threads if max_in_flight is None else int(max_in_flight)
-    bpv = np.dtype(src.dtype).itemsize + 1 + 4 + 1  # block, mask, int32 labels, run tables (typically << 1)
-    slab = _resolve_slab(src, dst, slab, memory_budget_bytes, bpv, 0, mif)
+    sub = _sub_planes(dst)
+    isz = np.dtype(src.dtype).itemsize
+    # per slab plane: bool mask (1) + run table (~1); fixed: one src sub-slab + one int32 sub-slab (+ encode copy)
+    slab = _resolve_slab(src, dst, slab, memory_budget_bytes, 2.0, 0, mif, fixed_planes=sub * (isz + 8.0))
     merger = S.ComponentMerger(connectivity)
     faces: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    ranges: dict[int, tuple[int, int]] = {}
 
-    def pass1(block: np.ndarray, lo: int, z0: int, z1: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        m = block > threshold if threshold is not None else block != 0
-        del block
-        lab, n = S._label_local(m, merger.connectivity)
-        del m
-        counts, first = K.label_stats(lab, n, z0, 0, 0, n1, n2)
+    def pass1(z0: int, z1: int) -> tuple[int, int, int, tuple[np.ndarray, np.ndarray]]:
+        mask = np.empty((z1 - z0, n1, n2), dtype=bool)
+        for a in range(z0, z1, sub):
+            b = min(z1, a + sub)
+            blk = np.asarray(src[a:b])
+            if threshold is not None:
+                np.greater(blk, threshold, out=mask[a - z0 : b - z0])
+            else:
+                np.not_equal(blk, 0, out=mask[a - z0 : b - z0])
+            del blk
+        (row_ptr, rs, re, rl), lut, n = K.label_slab_runs(mask, merger.connectivity)
+        del mask
+        counts, first = K.runs_stats(row_ptr, rs, re, rl, lut, n, z0, n1, n2)
         offset = merger.add_block(n, counts, first)
         if offset + n >= 2**31:
-            raise ValueError("more than 2**31 provisional labels; use a larger min_size or a coarser mask")
-        if offset:
-            np.add(lab, np.int32(offset), out=lab, where=lab != 0)
-        return lab, (lab[0].copy(), lab[-1].copy())
+            raise ValueError("more than 2**31 provisional labels; use a coarser mask")
+        buf = np.empty((min(sub, z1 - z0), n1, n2), dtype=np.int32)
+        for a in range(z0, z1, sub):
+            b = min(z1, a + sub)
+            K.runs_to_planes(buf[: b - a], a - z0, row_ptr, rs, re, rl, lut, offset)
+            dst[a:b] = buf[: b - a]
+        f0 = np.empty((1, n1, n2), dtype=np.int32)
+        f1 = np.empty((1, n1, n2), dtype=np.int32)
+        K.runs_to_planes(f0, 0, row_ptr, rs, re, rl, lut, offset)
+        K.runs_to_planes(f1, z1 - z0 - 1, row_ptr, rs, re, rl, lut, offset)
+        return z0, offset, n, (f0[0], f1[0])
 
-    def done1(k: int, z0: int, z1: int, face: tuple[np.ndarray, np.ndarray]) -> None:
+    pending: deque[tuple[int, Future[Any]]] = deque()
+    bounds = [(z0, min(n0, z0 + slab)) for z0 in range(0, n0, slab)]
+
+    def done1(k: int, res: tuple[int, int, int, tuple[np.ndarray, np.ndarray]]) -> None:
+        _, offset, n, face = res
+        ranges[k] = (offset, n)
         faces[k] = face
         if k - 1 in faces:
             merger.union_planes(faces[k - 1][1], face[0])
             del faces[k - 1]
 
-    map_slabs(pass1, src, dst, slab=slab, n_threads=n_threads, max_in_flight=mif, on_done=done1)
-    lut, n_final = merger.finish(int(min_size))
+    with ThreadPoolExecutor(max_workers=min(n_threads, mif)) as ex:
+        for k, (z0, z1) in enumerate(bounds):
+            while len(pending) >= mif:
+                kk, fut = pending.popleft()
+                done1(kk, fut.result())
+            pending.append((k, ex.submit(pass1, z0, z1)))
+        while pending:
+            kk, fut = pending.popleft()
+            done1(kk, fut.result())
+    lut_g, n_final = merger.finish(int(min_size))
 
-    def pass2(block: np.ndarray, lo: int, z0: int, z1: int) -> tuple[np.ndarray, None]:
-        out = np.empty(block.shape, dtype=np.int32)
-        K.apply_lut(np.ascontiguousarray(block).reshape(-1), 0, lut, out.reshape(-1))
-        return out, None
+    def pass2(k: int) -> None:
+        z0, z1 = bounds[k]
+        offset, n = ranges[k]
+        if n == 0 or np.array_equal(lut_g[offset + 1 : offset + n + 1], np.arange(offset + 1, offset + n + 1)):
+            return  # nothing to rewrite
+        buf = np.empty((min(sub, z1 - z0), n1, n2), dtype=np.int32)
+        for a in range(z0, z1, sub):
+            b = min(z1, a + sub)
+            blk = np.ascontiguousarray(dst[a:b])
+            K.apply_lut(blk.reshape(-1), 0, lut_g, buf[: b - a].reshape(-1))
+            dst[a:b] = buf[: b - a]
 
-    map_slabs(pass2, dst, dst, slab=slab, n_threads=n_threads, max_in_flight=mif)
+    with ThreadPoolExecutor(max_workers=n_threads) as ex:
+        for f in [ex.submit(pass2, k) for k in range(len(bounds))]:
+            f.result()
     return n_final
 
 
@@ -339,7 +406,7 @@ def smooth_threshold_label(
     rng = gaussian_to_store(src, smoothed, spacing=spacing, sigma_mm=sigma_mm, memory_budget_bytes=memory_budget_bytes,
                             n_threads=n_threads, max_in_flight=max_in_flight)
     t1 = time.perf_counter()
-    thr = otsu_threshold_store(smoothed, bins=bins)
+    thr = otsu_threshold_store(smoothed, bins=bins, value_range=rng)
     t2 = time.perf_counter()
     n = label_to_store(smoothed, labels, connectivity=connectivity, min_size=min_size, threshold=thr,
                        memory_budget_bytes=memory_budget_bytes, n_threads=n_threads, max_in_flight=max_in_flight)

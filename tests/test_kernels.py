@@ -151,3 +151,17 @@ def test_label_runs_component_spanning_all_slabs() -> None:
     ref, nref = ndi.label(m)
     assert n == nref == 33
     np.testing.assert_array_equal(lab, ref)
+
+
+def test_histogram_uniform_equals_numpy_histogram() -> None:
+    rng = np.random.default_rng(6)
+    for dt in (np.float32, np.float64):
+        a = rng.normal(0, 100, 200_000).astype(dt)
+        a[::1000] = a.max()
+        a[5] = np.nan
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        m = rng.random(a.size) < 0.5
+        for bins in (7, 256):
+            e = np.histogram_bin_edges(np.array([lo, hi], dtype=dt), bins=bins, range=(lo, hi))
+            np.testing.assert_array_equal(K.histogram_uniform(a, e), np.histogram(a, bins=bins, range=(lo, hi))[0])
+            np.testing.assert_array_equal(K.histogram_uniform(a, e, m), np.histogram(a[m], bins=bins, range=(lo, hi))[0])
