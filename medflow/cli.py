@@ -134,12 +134,15 @@ def export(workspace: Annotated[pathlib.Path, typer.Argument(help="A medflow wor
 
 
 @app.command()
-def features(image: Annotated[pathlib.Path, typer.Option(help="Image: NIfTI or NRRD.")],
-             mask: Annotated[pathlib.Path, typer.Option(help="Mask: NIfTI or NRRD on the image grid.")],
+def features(image: Annotated[pathlib.Path, typer.Option(
+                 help="Image: NIfTI/NRRD file, a DICOM series folder, or a workspace volume folder.")],
+             mask: Annotated[pathlib.Path, typer.Option(
+                 help="Mask: NIfTI/NRRD or workspace mask on the image grid, or an RTSTRUCT/SEG file (DICOM image).")],
              out_csv: Annotated[pathlib.Path, typer.Option("--out", help="Output CSV.")],
              preset: Annotated[str | None, typer.Option(help="IBSI preset, e.g. ibsi-config-c.")] = None,
              settings: Annotated[pathlib.Path | None, typer.Option(help="Feature settings YAML.")] = None,
-             roi: Annotated[str | None, typer.Option(help="ROI label value or name.")] = None) -> None:
+             roi: Annotated[str | None, typer.Option(
+                 help="Label value (label images) or ROI/segment name (RTSTRUCT/SEG).")] = None) -> None:
     """IBSI-1 features of one ROI as a CSV (one row per feature value)."""
     from medflow.features_cli import run_features
 

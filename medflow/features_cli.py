@@ -28,7 +28,8 @@ from pydantic import ValidationError
 
 import medflow
 from imaging.features import PRESETS, FeatureSettings, extract_features
-from storage.images import ImageData, read_image
+from storage.images import ImageData
+from storage.inputs import check_same_grid, load_case, select_roi
 from storage.workspace import atomic_path, canonical_json, digest_path
 
 #: Provenance columns added to every row of the CSV.
@@ -94,43 +95,6 @@ def settings_digest(settings: FeatureSettings) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(settings.model_dump(mode="json")).encode()).hexdigest()
 
 
-def select_roi(mask: np.ndarray, roi: str | None, *, source: str = "mask") -> np.ndarray:
-    """The boolean ROI of a mask or label image.
-
-    ``roi=None`` takes every non-zero voxel and requires a single label; a
-    numeric ``roi`` selects that label value. Named ROIs need a label table
-    (RTSTRUCT/SEG), which NIfTI/NRRD masks do not have.
-    """
-    m = np.asarray(mask)
-    labels = np.unique(m[m != 0])
-    if roi is None:
-        if labels.size > 1:
-            raise ValueError(f"{source} holds {labels.size} labels {labels[:10].tolist()}; choose one with roi")
-        sel = m != 0
-    else:
-        try:
-            value = float(roi)
-        except ValueError:
-            raise ValueError(f"roi {roi!r} is not a label value; {source} is a label image without ROI names "
-                             f"(labels present: {labels[:10].tolist()})") from None
-        sel = m == value
-    if not sel.any():
-        raise ValueError(f"ROI {roi!r} is empty in {source}")
-    return sel
-
-
-def check_same_grid(image: ImageData, mask: ImageData, *, image_name: str = "image",
-                    mask_name: str = "mask", atol_mm: float = 1e-3) -> None:
-    """Raise ``ValueError`` unless image and mask share shape and geometry."""
-    if image.volume.shape[:3] != mask.volume.shape[:3]:
-        raise ValueError(f"image and mask grids differ: {image_name} has shape {image.volume.shape!r}, "
-                         f"{mask_name} has shape {mask.volume.shape!r}")
-    if not np.allclose(image.affine, mask.affine, atol=atol_mm):
-        raise ValueError(f"image and mask grids differ: same shape {image.volume.shape!r} but different "
-                         f"geometry;\n{image_name} affine:\n{np.array2string(image.affine, precision=4)}\n"
-                         f"{mask_name} affine:\n{np.array2string(mask.affine, precision=4)}")
-
-
 def run_features(image: Path, mask: Path, *, preset: str | None, settings_file: Path | None, roi: str | None,
                  out: Path, reader: Callable[[Path], ImageData] | None = None) -> pd.DataFrame:
     """Extract IBSI-1 features of the ROI ``mask`` on ``image`` and write them to ``out`` (CSV).
@@ -144,11 +108,14 @@ def run_features(image: Path, mask: Path, *, preset: str | None, settings_file: 
     settings_file : Path or None
         YAML of :class:`FeatureSettings` fields (optional ``preset`` key as base).
     roi : str or None
-        Label value to select in the mask (None: all non-zero voxels, single label).
+        Label value to select in a label-image mask, or the ROI/segment name of an
+        RTSTRUCT/SEG (None: the only ROI / all non-zero voxels of a single label).
     out : Path
         CSV written atomically.
     reader : callable, optional
-        ``reader(path) -> ImageData``; the extension point for other inputs.
+        ``reader(path) -> ImageData`` for both files. By default :func:`storage.inputs.load_case`
+        reads NIfTI/NRRD, a DICOM series folder, a workspace volume, and as mask an RTSTRUCT
+        (``roi`` = ROI name) or a DICOM SEG (``roi`` = segment label) on the image grid.
 
     Returns
     -------
@@ -157,14 +124,16 @@ def run_features(image: Path, mask: Path, *, preset: str | None, settings_file: 
         :data:`PROVENANCE_COLUMNS`.
     """
     settings, settings_name = resolve_settings(preset, Path(settings_file) if settings_file else None)
-    read = reader or read_image
     image, mask, out = Path(image), Path(mask), Path(out)
-    img = read(image)
-    msk = read(mask)
-    if img.volume.ndim != 3:
-        raise ValueError(f"{image}: features need a 3-D volume, got shape {img.volume.shape!r}")
-    check_same_grid(img, msk, image_name=str(image), mask_name=str(mask))
-    roi_mask = select_roi(msk.volume, roi, source=str(mask))
+    if reader is None:
+        case = load_case(image, mask, roi=roi)
+        img, roi_mask = case.image, case.mask
+    else:
+        img, msk = reader(image), reader(mask)
+        if img.volume.ndim != 3:
+            raise ValueError(f"{image}: features need a 3-D volume, got shape {img.volume.shape!r}")
+        check_same_grid(img, msk, image_name=str(image), mask_name=str(mask))
+        roi_mask = select_roi(msk.volume, roi, source=str(mask))
     table = extract_features(img.volume, roi_mask, spacing=tuple(img.spacing), settings=settings)
     provenance = {
         "roi": "" if roi is None else str(roi),
