@@ -446,8 +446,8 @@ class ComponentMerger:
         self._lock = threading.Lock()
         self.parent = np.arange(1024, dtype=np.int64)
         self.total = 0
-        self._counts: list[np.ndarray] = []
-        self._first: list[np.ndarray] = []
+        self._counts: list[tuple[int, np.ndarray]] = []
+        self._first: list[tuple[int, np.ndarray]] = []
 
     def add_block(self, n: int, counts: np.ndarray, first: np.ndarray) -> int:
         with self._lock:
@@ -457,8 +457,8 @@ class ComponentMerger:
                 size = max(need, 2 * self.parent.size)
                 self.parent = np.concatenate([self.parent, np.arange(self.parent.size, size, dtype=np.int64)])
             self.total += n
-            self._counts.append((offset, counts[1:]))  # type: ignore[arg-type]
-            self._first.append((offset, first[1:]))  # type: ignore[arg-type]
+            self._counts.append((offset, counts[1:]))
+            self._first.append((offset, first[1:]))
             return offset
 
     def union_planes(self, left: np.ndarray, right: np.ndarray) -> int:
@@ -474,9 +474,9 @@ class ComponentMerger:
         n_prov = self.total
         counts = np.zeros(n_prov + 1, dtype=np.int64)
         first = np.full(n_prov + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        for off, c in self._counts:  # type: ignore[misc]
+        for off, c in self._counts:
             counts[off + 1 : off + 1 + c.size] = c
-        for off, f in self._first:  # type: ignore[misc]
+        for off, f in self._first:
             first[off + 1 : off + 1 + f.size] = np.where(f < 0, np.iinfo(np.int64).max, f)
         roots = K.uf_flatten(self.parent[: n_prov + 1].copy())
         root_size = np.bincount(roots, weights=counts, minlength=n_prov + 1)
