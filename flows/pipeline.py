@@ -20,7 +20,7 @@ from tasks.analysis import features as features_task
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
 from tasks.discovery import discover
-from tasks.preprocessing import preprocess
+from tasks.preprocessing import fuse, preprocess
 from tasks.processing import segment
 from tasks.report import report as report_task
 
@@ -115,18 +115,31 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
         ref_masks = masks_by_volume.get(vol.meta["volume_key"], [])
         pre = run(preprocess, workspace, vol, ref_masks, config.preprocessing, config.compute)
         proc = None
-        if not ref_masks or config.processing.segment_when_reference_exists:
+        if not ref_masks or config.processing.segment_when_reference_exists or config.processing.filters:
             proc = run(segment, workspace, pre.volume, pre.masks, config.processing, config.compute)
         rois = list(pre.masks) + (list(proc.auto_masks) if proc and config.analysis.include_auto_masks else [])
-        feats = run(features_task, workspace, pre.volume, rois, config.analysis)
+        feats = run(features_task, workspace, pre.volume, rois, config.analysis, list(proc.responses) if proc else [])
         pre_out.append(pre)
         proc_out.append(proc)
         feat_out.append(feats)
 
+    fusions = []
+    if config.fusion.enabled:
+        for study in sorted({p.volume.meta["study_key"] for p in pre_out}):
+            in_study = [p.volume for p in pre_out if p.volume.meta["study_key"] == study]
+            fixed = next((v for v in in_study if v.meta.get("modality") == config.fusion.reference_modality), None)
+            if fixed is None:
+                logger.info("study %s has no %s volume: nothing to fuse onto", study, config.fusion.reference_modality)
+                continue
+            for moving in in_study:
+                if moving is not fixed:
+                    fusions.append(run(fuse, workspace, fixed, moving, config.fusion, config.compute))
+
     disc = run(discover, workspace, [f.features for f in feat_out], clinical, config.discovery)
     all_masks = [m for p in pre_out for m in p.masks] + [m for p in proc_out if p for m in p.auto_masks]
     rep = run(report_task, workspace, coll.summary, [p.volume for p in pre_out], all_masks,
-              [p.evaluation for p in proc_out if p], [f.features for f in feat_out], disc.results)
+              [p.evaluation for p in proc_out if p], [f.features for f in feat_out], disc.results,
+              [f.transform for f in fusions], [p.detections for p in proc_out if p and p.detections])
 
     latest = ws.reports / "report.html"
     write_text_atomic(latest, ws.resolve(rep.html).read_text())

@@ -102,3 +102,32 @@ def evaluate_segmentation(labels: np.ndarray, components: list[dict[str, Any]],
                         "volume_diff_ml": float(metrics.volume_difference(auto, ref, spacing=spacing)) / 1000.0}
         rows.append(best)
     return rows
+
+
+def detect_candidates(volume: Any, *, spacing: tuple[float, ...], affine: np.ndarray, method: str,
+                      sigmas_mm: tuple[float, ...], threshold: float,
+                      references: list[tuple[str, np.ndarray]]) -> tuple[Any, dict[str, Any]]:
+    """Candidate lesions by LoG/DoG blob detection, scored against reference masks when given.
+
+    ``threshold`` is relative: it multiplies the volume's interquartile intensity range,
+    so one setting serves HU, SUV and MR units. Returns the candidate table and a
+    summary (threshold used, count, and recall/precision/FROC against the references).
+    """
+    from imaging import detect, metrics
+
+    q25, q75 = (float(v) for v in segment.percentile(volume, [25.0, 75.0]))
+    spread = q75 - q25 if q75 > q25 else 1.0
+    absolute = float(threshold) * spread
+    found = detect.detect_blobs(volume, spacing=spacing, sigmas_mm=sigmas_mm, threshold=absolute, method=method,
+                                exclude_border=True, affine=affine)
+    summary: dict[str, Any] = {"threshold_relative": float(threshold), "threshold": absolute,
+                               "n_candidates": int(len(found))}
+    if references:
+        lesions = np.zeros(references[0][1].shape, dtype=np.int32)
+        for i, (_name, m) in enumerate(references, start=1):
+            lesions[m & (lesions == 0)] = i
+        points = found[["z_mm", "y_mm", "x_mm"]].to_numpy() if len(found) else np.zeros((0, 3))
+        score = metrics.score_detections(points, lesions, scores=found["response"].to_numpy() if len(found) else None,
+                                         spacing=spacing)
+        summary.update({k: score[k] for k in ("tp", "fp", "fn", "recall", "precision", "cpm") if k in score})
+    return found, summary

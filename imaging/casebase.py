@@ -22,7 +22,7 @@ def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.Data
     """Long feature rows -> one row per case (``patient_key, volume_key, roi, modality`` + features).
 
     The feature column name is ``family.feature.aggregation`` (aggregation omitted
-    when the feature has none).
+    when the feature has none), prefixed by ``filter:<name>.`` for filter response maps.
     """
     need = {"patient_key", "volume_key", "roi_name", "family", "feature", "value"}
     missing = need - set(features.columns)
@@ -32,8 +32,10 @@ def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.Data
     if rows.empty:
         return pd.DataFrame(columns=["patient_key", "volume_key", "roi", "modality"])
     agg = (rows["aggregation"] if "aggregation" in rows else pd.Series("", index=rows.index)).fillna("").astype(str)
-    long = rows.assign(roi=rows["roi_name"], feature_id=rows["family"].astype(str) + "." + rows["feature"].astype(str)
-                       + agg.map(lambda a: f".{a}" if a else ""))
+    image = (rows["image"] if "image" in rows else pd.Series("original", index=rows.index)).fillna("original")
+    prefix = image.astype(str).map(lambda v: "" if v == "original" else f"{v}.")
+    long = rows.assign(roi=rows["roi_name"], feature_id=prefix + rows["family"].astype(str) + "."
+                       + rows["feature"].astype(str) + agg.map(lambda a: f".{a}" if a else ""))
     wide = long.pivot_table(index=["patient_key", "volume_key", "roi"], columns="feature_id", values="value",
                             aggfunc="first").reset_index()
     wide.columns.name = None

@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from imaging.filter_spec import FilterSpec
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,9 +53,16 @@ class PreprocessingConfig(_Model):
         None, description="Resample to this voxel size (mm, slice/row/column order); null keeps the acquired grid.")
     interpolation: Literal["nearest", "linear", "cubic"] = "linear"
     mask_partial_volume: float = Field(0.5, ge=0.0, le=1.0, description="Threshold applied to interpolated masks.")
-    denoise: Literal["none", "gaussian", "median"] = "none"
+    denoise: Literal["none", "gaussian", "median", "bilateral", "nl_means", "anisotropic_diffusion"] = "none"
     gaussian_sigma_mm: float = Field(1.0, gt=0)
     median_size: int = Field(3, ge=1, description="Median window (voxels per axis, odd).")
+    bilateral_sigma_spatial_mm: float = Field(1.5, gt=0)
+    bilateral_sigma_range: float | None = Field(
+        None, gt=0, description="Intensity sigma of the bilateral filter; null: 2 x the estimated noise sigma.")
+    nl_means_h: float | None = Field(None, gt=0, description="NL-means filtering strength; null: 0.8 x noise sigma.")
+    diffusion_iterations: int = Field(5, ge=1)
+    diffusion_kappa: float | None = Field(None, gt=0, description="Perona-Malik conductance; null: 2 x noise sigma.")
+    bias_field: Literal["none", "polynomial", "n4"] = Field("none", description="MR bias-field correction (MR only).")
     normalisation: Literal["none", "zscore", "percentile", "window"] = "none"
     window: tuple[float, float] = Field((-1000.0, 3000.0), description="(low, high) clip for normalisation='window'.")
     percentiles: tuple[float, float] = Field((1.0, 99.0))
@@ -64,6 +73,17 @@ class PreprocessingConfig(_Model):
         if v % 2 == 0:
             raise ValueError(f"median_size must be odd, got {v}")
         return v
+
+
+class FusionConfig(_Model):
+    """Co-registration of the other series of a study onto a reference modality's grid."""
+
+    enabled: bool = Field(False, description="Register every other 3-D volume of a study onto the reference.")
+    reference_modality: str = Field("CT", description="Modality whose grid the others are resampled onto.")
+    transform: Literal["rigid", "affine"] = "rigid"
+    metric: Literal["mattes_mi", "mean_squares", "correlation"] = "mattes_mi"
+    iterations: int = Field(200, ge=1)
+    interpolation: Literal["nearest", "linear", "cubic"] = "linear"
 
 
 class ProcessingConfig(_Model):
@@ -78,6 +98,15 @@ class ProcessingConfig(_Model):
     keep_largest: int = Field(3, ge=1, description="Keep this many largest components as automatic ROIs.")
     segment_when_reference_exists: bool = Field(
         True, description="Also segment volumes that have a reference mask, to report Dice/HD95 against it.")
+    pet_fraction: float = Field(0.4, gt=0, lt=1, description="PET isocontour as a fraction of SUVmax.")
+    filters: list[FilterSpec] = Field(
+        default_factory=list, description="IBSI-2 filters (medflow filter vocabulary); each response map is stored "
+                                          "and its intensity statistics are computed per ROI in the analysis stage.")
+    detect_blobs: bool = Field(False, description="LoG/DoG blob detection (candidate lesions).")
+    blob_method: Literal["log", "dog"] = "log"
+    blob_sigmas_mm: tuple[float, ...] = (2.0, 4.0, 8.0)
+    blob_threshold: float = Field(0.3, description="Scale-normalised response threshold, in units of the "
+                                                   "volume's robust intensity spread (IQR) inside the body.")
 
 
 class AnalysisConfig(_Model):
@@ -132,6 +161,7 @@ class PipelineConfig(_Model):
         None, description="SQLAlchemy URL of the catalog; null uses WORKSPACE/catalog.sqlite.")
     collection: CollectionConfig = CollectionConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
+    fusion: FusionConfig = FusionConfig()
     processing: ProcessingConfig = ProcessingConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()

@@ -69,7 +69,8 @@ def _status(block: dict[str, Any]) -> str:
 
 def render(*, volumes: list[dict[str, Any]], figures: list[tuple[str, str]], qc: pd.DataFrame,
            quarantine: pd.DataFrame, evaluation: pd.DataFrame, features: pd.DataFrame,
-           discovery: dict[str, Any], provenance: dict[str, Any]) -> str:
+           discovery: dict[str, Any], provenance: dict[str, Any], fusion: pd.DataFrame | None = None,
+           detection: pd.DataFrame | None = None) -> str:
     """The report as one self-contained HTML page."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medflow report</title><style>{_CSS}</style>"
              "</head><body><h1>medflow decision-support report</h1>",
@@ -86,8 +87,15 @@ def render(*, volumes: list[dict[str, Any]], figures: list[tuple[str, str]], qc:
     parts += ["<h2>Automatic segmentation vs reference</h2>",
               "<p class='muted'>Best-matching automatic component per reference ROI: Dice, 95th-percentile "
               "Hausdorff distance (mm), volume difference (ml, automatic − reference).</p>", _table(evaluation)]
+    if fusion is not None and not fusion.empty:
+        parts += ["<h2>Fusion (co-registration)</h2>",
+                  "<p class='muted'>Each moving series registered onto the reference grid; the transform maps "
+                  "reference LPS points to moving LPS points.</p>", _table(fusion)]
+    if detection is not None and not detection.empty:
+        parts += ["<h2>Candidate lesions (blob detection)</h2>", _table(detection)]
     if not features.empty:
-        key = features[features["family"].isin(["morph", "stat"])] if "family" in features else features
+        base = features[features["image"] == "original"] if "image" in features else features
+        key = base[base["family"].isin(["morph", "stat"])] if "family" in base else base
         pick = key[key["feature"].isin(["volume_mesh", "vol", "volume", "mean", "variance", "skewness", "kurtosis",
                                         "area_mesh", "sphericity", "max", "min", "median"])]
         if pick.empty:

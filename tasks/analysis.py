@@ -31,20 +31,35 @@ def settings_for(modality: str | None, params: AnalysisConfig):
 
 
 @stage_task("analysis", "features")
-def features(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], params: AnalysisConfig) -> AnalysisOutput:
-    """IBSI-1 features (one row per value) of each ROI of ``volume``; ROIs run in parallel threads."""
+def features(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], params: AnalysisConfig,
+             responses: list[ArtifactRef] | None = None) -> AnalysisOutput:
+    """IBSI-1 features (one row per value) of each ROI of ``volume``; ROIs run in parallel threads.
+
+    For each filter response map in ``responses`` the intensity statistics (IBSI-1 family
+    ``stat``) of every ROI are added, with ``image`` naming the filter (IBSI-2 phase 2 style).
+    """
     from imaging.features import extract_features
 
-    step = Step("analysis", "features", workspace, volume=volume, masks=masks, params=params)
+    responses = responses or []
+    step = Step("analysis", "features", workspace, volume=volume, masks=masks, params=params, responses=responses)
     image, attrs = read_numpy(step.ws.resolve(volume))
     spacing = tuple(float(s) for s in attrs["spacing"])
     modality = volume.meta.get("modality")
     settings = settings_for(modality, params)
     settings_digest = "sha256:" + hashlib.sha256(canonical_json(settings.model_dump(mode="json")).encode()).hexdigest()
 
+    stat_settings = settings.model_copy(update={"families": ("stat",)})
+    response_images = [(r.meta.get("filter", "filter"), read_numpy(step.ws.resolve(r))[0]) for r in responses]
+
     def one(mask_ref: ArtifactRef) -> pd.DataFrame:
         mask, _ = read_numpy(step.ws.resolve(mask_ref))
-        table = extract_features(image, mask.astype(bool), spacing=spacing, settings=settings)
+        roi = mask.astype(bool)
+        parts = [extract_features(image, roi, spacing=spacing, settings=settings).assign(image="original")]
+        for name, response in response_images:
+            filtered = extract_features(response, roi, spacing=spacing, settings=stat_settings.model_copy(
+                update={"resegmentation_range": None, "outlier_sigma": None, "intensity_rounding": False}))
+            parts.append(filtered.assign(image=f"filter:{name}"))
+        table = pd.concat(parts, ignore_index=True)
         m = mask_ref.meta
         return table.assign(
             patient_key=volume.meta.get("patient_key"), volume_key=volume.meta.get("volume_key"), modality=modality,

@@ -1,4 +1,5 @@
-"""Processing stage task: log enhancement, automatic segmentation, evaluation against reference masks."""
+"""Processing stage task: enhancement, automatic segmentation, IBSI-2 filter responses, blob detection,
+and evaluation against reference masks when they exist."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pydantic import BaseModel
 
 from medflow.config import ComputeConfig, ProcessingConfig
 from storage.volumes import geometry, open_array, read_numpy, write_array
-from storage.workspace import ArtifactRef, atomic_folder
+from storage.workspace import ArtifactRef, atomic_folder, canonical_json
 from tasks.common import Step, dask_context, stage_task
 
 
@@ -15,30 +16,33 @@ class ProcessOutput(BaseModel):
     labels: ArtifactRef
     auto_masks: list[ArtifactRef]
     evaluation: ArtifactRef
+    responses: list[ArtifactRef] = []
+    detections: ArtifactRef | None = None
 
 
 @stage_task("processing", "segment")
 def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactRef], params: ProcessingConfig,
             compute: ComputeConfig) -> ProcessOutput:
-    """Segment one preprocessed volume and score the result against reference masks when they exist."""
-    from imaging.autoseg import auto_segment, evaluate_segmentation
+    """Segment one preprocessed volume, filter it, detect blobs; score against reference masks if any."""
+    from imaging.autoseg import auto_segment, detect_candidates, evaluate_segmentation
+    from imaging.filter_spec import apply_filter
 
     step = Step("processing", "segment", workspace, volume=volume, reference_masks=reference_masks, params=params)
     src = open_array(step.ws.resolve(volume))
     affine, spacing = geometry(src.attrs)
     modality = volume.meta.get("modality")
-    with dask_context(compute):
-        labels, components = auto_segment(
-            src.data, spacing=spacing, modality=modality, log_enhancement=params.log_enhancement,
-            threshold=params.threshold, bins=params.histogram_bins, opening_radius=params.opening_radius,
-            min_size=params.min_component_voxels, connectivity=params.connectivity, keep_largest=params.keep_largest)
     refs = []
     for m in reference_masks:
         arr, _attrs = read_numpy(step.ws.resolve(m))
         refs.append((m.meta.get("roi_name", "roi"), arr.astype(bool)))
-    evaluation = evaluate_segmentation(labels, components, refs, spacing=spacing)
     base = {k: volume.meta.get(k) for k in ("patient_key", "volume_key", "modality")}
-    with atomic_folder(step.folder) as stage:
+    with dask_context(compute), atomic_folder(step.folder) as stage:
+        labels, components = auto_segment(
+            src.data, spacing=spacing, modality=modality, log_enhancement=params.log_enhancement,
+            threshold=params.threshold, bins=params.histogram_bins, opening_radius=params.opening_radius,
+            min_size=params.min_component_voxels, connectivity=params.connectivity, keep_largest=params.keep_largest,
+            pet_fraction=params.pet_fraction)
+        evaluation = evaluate_segmentation(labels, components, refs, spacing=spacing)
         write_array(stage / "labels", labels, affine=affine, spacing=spacing,
                     attrs={"medflow": {**base, "components": components}, "provenance": step.provenance()})
         metas = []
@@ -48,7 +52,26 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
             write_array(stage / f"auto{i}", labels == comp["label"], affine=affine, spacing=spacing,
                         attrs={"medflow": meta, "provenance": step.provenance()})
             metas.append((f"auto{i}", meta))
+        responses = []
+        for i, spec in enumerate(params.filters):
+            name = f"{spec.filter_type}{i}"
+            response = apply_filter(src.data, spec, spacing=spacing)
+            meta = {**base, "filter": name, "spec": spec.model_dump(mode="json")}
+            write_array(stage / f"response{i}", response, affine=affine, spacing=spacing,
+                        attrs={"medflow": meta, "provenance": step.provenance()})
+            responses.append((f"response{i}", meta))
+        detection_summary = None
+        if params.detect_blobs:
+            found, detection_summary = detect_candidates(
+                src.data, spacing=spacing, affine=affine, method=params.blob_method, sigmas_mm=params.blob_sigmas_mm,
+                threshold=params.blob_threshold, references=refs)
+            found.assign(**base).to_parquet(stage / "detections.parquet", index=False)
+            (stage / "detection_score.json").write_text(canonical_json(detection_summary))
         pd.DataFrame(evaluation).assign(**base).to_parquet(stage / "evaluation.parquet", index=False)
-    return ProcessOutput(labels=step.ref("labels", "labels", meta=base),
-                         auto_masks=[step.ref("mask", rel, meta=meta) for rel, meta in metas],
-                         evaluation=step.ref("segmentation-evaluation", "evaluation.parquet", meta=base))
+    return ProcessOutput(
+        labels=step.ref("labels", "labels", meta=base),
+        auto_masks=[step.ref("mask", rel, meta=meta) for rel, meta in metas],
+        evaluation=step.ref("segmentation-evaluation", "evaluation.parquet", meta=base),
+        responses=[step.ref("response-map", rel, meta=meta) for rel, meta in responses],
+        detections=step.ref("detections", "detections.parquet", meta={**base, "score": detection_summary})
+        if params.detect_blobs else None)

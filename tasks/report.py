@@ -19,11 +19,13 @@ class ReportOutput(BaseModel):
 
 @stage_task("report", "report")
 def report(workspace: str, collection: ArtifactRef, volumes: list[ArtifactRef], masks: list[ArtifactRef],
-           evaluations: list[ArtifactRef], features: list[ArtifactRef], discovery: ArtifactRef) -> ReportOutput:
+           evaluations: list[ArtifactRef], features: list[ArtifactRef], discovery: ArtifactRef,
+           fusions: list[ArtifactRef] | None = None, detections: list[ArtifactRef] | None = None) -> ReportOutput:
     from medflow.report import overlay_png, render
 
     step = Step("report", "report", workspace, collection=collection, volumes=volumes, masks=masks,
-                evaluations=evaluations, features=features, discovery=discovery)
+                evaluations=evaluations, features=features, discovery=discovery, fusions=fusions or [],
+                detections=detections or [])
     ws = step.ws
     summary = json.loads(ws.resolve(collection).read_text())
     figures = []
@@ -41,9 +43,14 @@ def report(workspace: str, collection: ArtifactRef, volumes: list[ArtifactRef], 
     quarantine = pd.DataFrame(summary.get("rejections") or [])
     if not quarantine.empty:
         quarantine = quarantine.assign(sha256=quarantine["sha256"].str[:16])
+    fusion = pd.DataFrame([{k: json.loads(ws.resolve(f).read_text()).get(k) for k in
+                            ("moving", "moving_modality", "fixed", "metric", "centre_displacement_mm", "rotation_deg")}
+                           for f in fusions or []])
+    detection = pd.DataFrame([{"volume": d.meta.get("volume_key"), "modality": d.meta.get("modality"),
+                               **(d.meta.get("score") or {})} for d in detections or []])
     html = render(volumes=[v.meta for v in volumes], figures=figures, qc=qc, quarantine=quarantine, evaluation=evals,
                   features=feats, discovery=json.loads(ws.resolve(discovery).read_text()),
-                  provenance=step.provenance())
+                  provenance=step.provenance(), fusion=fusion, detection=detection)
     with atomic_folder(step.folder) as stage:
         (stage / "report.html").write_text(html)
         feats.to_parquet(stage / "features.parquet", index=False)
