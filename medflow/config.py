@@ -172,13 +172,9 @@ def load_config(path: str | pathlib.Path | None, **overrides) -> PipelineConfig:
     """Load a YAML config file (sections as in :class:`PipelineConfig`) and apply top-level overrides."""
     data: dict = {}
     if path is not None:
-        p = pathlib.Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file does not exist: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {p.name} must hold a mapping at the top level, got {type(loaded).__name__}")
-        data.update(loaded)
+        from medflow.yamlio import read_yaml_mapping
+
+        data.update(read_yaml_mapping(path, what="config file"))
     data.update({k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig.model_validate(data)
 

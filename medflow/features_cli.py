@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy
-import yaml
 from pydantic import ValidationError
 
 import medflow
 from imaging.features import PRESETS, FeatureSettings, extract_features
+from medflow.yamlio import read_yaml_mapping, validation_lines
 from storage.images import ImageData
 from storage.inputs import check_same_grid, load_case, select_roi
 from storage.workspace import atomic_path, canonical_json, digest_path
@@ -52,29 +52,14 @@ def parse_feature_settings(data: dict[str, Any], *, source: str = "feature setti
     try:
         return FeatureSettings.model_validate(fields)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err.get("loc", ())) or "(settings)"
-            shown = "" if loc == "(settings)" else f" (got {err.get('input')!r})"
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            lines.append(f"field '{loc}': {msg}{shown}")
+        lines = validation_lines(exc)
         raise FeatureSettingsError(f"{source}: invalid feature settings:\n  " + "\n  ".join(lines)) from exc
 
 
 def load_feature_settings(path: str | Path) -> FeatureSettings:
     """Read a YAML file of :class:`FeatureSettings` fields (errors name the file and the field)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"settings YAML does not exist: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FeatureSettingsError(f"{p}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise FeatureSettingsError(f"{p}: expected a mapping of settings fields, got {type(data).__name__}")
-    return parse_feature_settings(data, source=str(p))
+    data = read_yaml_mapping(path, what="settings YAML", error=FeatureSettingsError)
+    return parse_feature_settings(data, source=str(path))
 
 
 def resolve_settings(preset: str | None, settings_file: Path | None) -> tuple[FeatureSettings, str]:

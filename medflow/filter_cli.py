@@ -13,10 +13,10 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
 from imaging.filter_spec import FilterSpec, apply_filter
+from medflow.yamlio import read_yaml_mapping, validation_lines
 from storage.images import read_image, write_nifti
 
 #: Directory of the IBSI-2 phase-1 presets (``1.a.1.yaml`` ... ``2.c.yaml``).
@@ -34,18 +34,9 @@ class FilterSpecError(ValueError):
 
 def load_filter_spec(path: str | Path) -> FilterSpec:
     """Read a filter YAML into a :class:`FilterSpec`; errors name the file and the offending field."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"filter YAML does not exist: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FilterSpecError(f"{p}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise FilterSpecError(
-            f"{p}: expected a mapping of filter fields (filter_type: ..., ...), got {type(data).__name__}"
-        )
-    return parse_filter_spec(data, source=str(p))
+    data = read_yaml_mapping(path, what="filter YAML", error=FilterSpecError,
+                             example="filter_type: ..., ...")
+    return parse_filter_spec(data, source=str(path))
 
 
 def parse_filter_spec(data: dict[str, Any], *, source: str = "filter spec") -> FilterSpec:
@@ -53,12 +44,7 @@ def parse_filter_spec(data: dict[str, Any], *, source: str = "filter spec") -> F
     try:
         return FilterSpec.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err.get("loc", ()))
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            # model-level checks name their fields in the message itself
-            lines.append(f"field '{loc}': {msg} (got {err.get('input')!r})" if loc else msg)
+        lines = validation_lines(exc)
         raise FilterSpecError(f"{source}: invalid filter specification:\n  " + "\n  ".join(lines)) from exc
 
 
