@@ -24,6 +24,11 @@ td:first-child,th:first-child{text-align:left}
 """
 
 
+#: The features shown in the report's summary table (IBSI-1 names; the full table is in features.parquet).
+REPORT_FEATURES = ["morph.vol", "morph.area", "morph.sphericity", "morph.diam", "stat.mean", "stat.median",
+                   "stat.min", "stat.max", "stat.var", "stat.skew", "stat.kurt"]
+
+
 def overlay_png(volume: np.ndarray, masks: list[tuple[str, np.ndarray]], *, spacing: tuple[float, ...],
                 title: str) -> str:
     """PNG (base64) of the axial slice through the largest mask, contours of every mask on top."""
@@ -96,12 +101,13 @@ def render(*, volumes: list[dict[str, Any]], figures: list[tuple[str, str]], qc:
     if not features.empty:
         base = features[features["image"] == "original"] if "image" in features else features
         key = base[base["family"].isin(["morph", "stat"])] if "family" in base else base
-        pick = key[key["feature"].isin(["volume_mesh", "vol", "volume", "mean", "variance", "skewness", "kurtosis",
-                                        "area_mesh", "sphericity", "max", "min", "median"])]
+        pick = key[key["feature"].isin(REPORT_FEATURES)]
         if pick.empty:
             pick = key
         wide = pick.pivot_table(index=["volume_key", "roi_name"], columns="feature", values="value",
                                 aggfunc="first").reset_index() if not pick.empty else pick
+        wide = wide[["volume_key", "roi_name"] + [c for c in REPORT_FEATURES if c in wide.columns]]
+        wide.columns.name = None
         parts += ["<h2>Features (selection)</h2>",
                   f"<p class='muted'>{len(features)} feature values over "
                   f"{features[['volume_key', 'roi_name']].drop_duplicates().shape[0]} ROIs; the full table is "

@@ -13,12 +13,12 @@ import importlib.metadata
 import platform
 
 STAGE_VERSIONS: dict[str, str] = {
-    "collection": "1",
-    "preprocessing": "1",
-    "processing": "1",
-    "analysis": "1",
-    "discovery": "1",
-    "report": "1",
+    "collection": "2",
+    "preprocessing": "2",
+    "processing": "2",
+    "analysis": "2",
+    "discovery": "2",
+    "report": "2",
 }
 
 #: Libraries whose results feed artifacts; their versions are part of every cache key.
