@@ -96,33 +96,77 @@ def _check_range(in_range: Any, volume: ArrayLike, mask: ArrayLike | None = None
 # ----------------------------------------------------------------------------------------------------------
 
 
-def log_transform(volume: Any, *, dtype: npt.DTypeLike = np.float32) -> ArrayLike:
+def _int_min_max(vol: np.ndarray, n_threads: int | None) -> tuple[float, float]:
+    """Minimum and maximum of an integer numpy volume: one GIL-free pass on slabs of threads."""
+    from imaging import kernels
+
+    arr = np.ascontiguousarray(vol)
+    parts: list[tuple[int, int]] = []
+    kernels.run_slabs(lambda a, b: parts.append(kernels.minmax(arr[a:b].reshape(-1))), arr.shape[0], n_threads)
+    return float(min(p[0] for p in parts)), float(max(p[1] for p in parts))
+
+
+#: Integer volumes whose value range spans at most this many values are log-transformed by table lookup.
+LUT_MAX_SPAN = 1 << 20
+
+
+def log_transform(volume: Any, *, dtype: npt.DTypeLike = np.float32, out: np.ndarray | None = None,
+                  n_threads: int | None = None) -> ArrayLike:
     """Logarithmic intensity transform ``log(I - min(I) + 1)`` (output >= 0, 0 at the minimum).
 
-    ``min(I)`` is the global finite minimum (NaN ignored), computed first by a reduction. The transform
-    then streams chunk by chunk: each output chunk is allocated once in ``dtype`` and ``I - min`` and
-    ``log1p`` are computed in place in it (numpy's buffered casting, no full-size temporaries).
+    ``min(I)`` is the global finite minimum (NaN ignored), computed first by a reduction. Integer volumes
+    (CT, MR: at most :data:`LUT_MAX_SPAN` distinct values between min and max) are mapped through a table
+    of ``log1p(k)`` for every ``k`` in range — a memory-bound gather; float volumes compute ``I - min``
+    and ``log1p`` in place in the output. numpy input runs on slabs of ``n_threads`` threads (GIL-free)
+    and may write into a preallocated ``out``; dask input is mapped chunk by chunk.
 
     Parameters
     ----------
     volume : ndarray or dask array, any shape, real dtype.
     dtype : floating output dtype (float32 by default).
+    out : ndarray, optional
+        Preallocated output of ``volume``'s shape and ``dtype`` (numpy input only).
+    n_threads : int, optional
+        Threads for numpy input (default: all cores).
 
     Returns
     -------
     out : same array type and shape as ``volume``, ``dtype``. NaN voxels stay NaN.
     """
+    from imaging import kernels
+
     vol = _check_volume(volume)
     dt = _check_float_dtype(dtype)
-    lo, _ = _min_max(vol)
+    if isinstance(vol, np.ndarray) and np.issubdtype(vol.dtype, np.integer) and vol.ndim >= 1 and vol.size:
+        lo, hi = _int_min_max(vol, n_threads)
+    else:
+        lo, hi = _min_max(vol)
+    integer = np.issubdtype(vol.dtype, np.integer) and (hi - lo) < LUT_MAX_SPAN
+    lut = np.log1p(np.arange(int(hi - lo) + 1, dtype=np.float64)).astype(dt) if integer else None
+    lo_i = int(lo) if integer else 0
 
-    def _fn(block: np.ndarray) -> np.ndarray:
-        out = np.empty(block.shape, dtype=dt)
-        np.subtract(block, lo, out=out, casting="unsafe")
-        np.log1p(out, out=out)
-        return out
+    def _fn(block: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+        dst = np.empty(block.shape, dtype=dt) if dst is None else dst
+        if lut is not None:
+            kernels.lookup(np.ascontiguousarray(block).reshape(-1), lo_i, lut, dst.reshape(-1))
+        else:
+            np.subtract(block, lo, out=dst, casting="unsafe")
+            np.log1p(dst, out=dst)
+        return dst
 
-    return _map(vol, _fn, dt)
+    if isinstance(vol, da.Array):
+        if out is not None:
+            raise ValueError("out is only supported for numpy input, got a dask volume")
+        return _map(vol, _fn, dt)
+    arr = np.asarray(vol)
+    if out is None:
+        out = np.empty(arr.shape, dtype=dt)
+    elif out.shape != arr.shape or out.dtype != dt or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {dt} array of shape {arr.shape}, got {out.dtype} {out.shape}")
+    if arr.ndim == 0 or arr.shape[0] < 2:
+        return _fn(arr, out)
+    kernels.run_slabs(lambda a, b: _fn(arr[a:b], out[a:b]), arr.shape[0], n_threads)
+    return out
 
 
 def gamma_correction(

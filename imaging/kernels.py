@@ -70,6 +70,8 @@ __all__ = [
     "uf_union_planes",
     "uf_flatten",
     "apply_lut",
+    "lookup",
+    "minmax",
 ]
 
 _SCIPY_TO_NUMPY_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap"}
@@ -619,6 +621,25 @@ def uf_flatten(parent):  # pragma: no cover - jit
     for i in range(parent.shape[0]):
         parent[i] = uf_find(parent, i)
     return parent
+
+
+@numba.njit(nogil=True, cache=True)
+def minmax(values):  # pragma: no cover - jit
+    """``(min, max)`` of a non-empty flat integer array in one pass."""
+    lo = values[0]
+    hi = values[0]
+    for i in range(values.shape[0]):  # branch-free min/max vectorises (SIMD)
+        v = values[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+@numba.njit(nogil=True, cache=True)
+def lookup(values, offset, lut, out):  # pragma: no cover - jit
+    """``out = lut[values - offset]`` (flat arrays): a per-voxel function tabulated over integer values."""
+    for i in range(values.shape[0]):
+        out[i] = lut[np.int64(values[i]) - offset]
 
 
 @numba.njit(nogil=True, cache=True)

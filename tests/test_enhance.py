@@ -143,3 +143,18 @@ def test_clahe_2d_per_slice_oracle(ct: np.ndarray) -> None:
 def test_validation_errors_name_the_parameter(call: Callable[[], object], exc: type, word: str) -> None:
     with pytest.raises(exc, match=word):
         call()
+
+
+def test_log_transform_table_path_equals_float64_and_fills_out():
+    from imaging.enhance import log_transform
+
+    rng = np.random.default_rng(7)
+    vol = rng.integers(-1024, 3071, size=(9, 17, 13)).astype(np.int16)
+    ref = np.log1p(vol.astype(np.float64) - vol.min()).astype(np.float32)
+    out = np.empty(vol.shape, dtype=np.float32)
+    got = log_transform(vol, out=out, n_threads=2)
+    assert got is out
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(log_transform(da.from_array(vol, chunks=(4, 5, 6))).compute(), ref)
+    with pytest.raises(ValueError, match="out must be"):
+        log_transform(vol, out=np.empty((2, 2), dtype=np.float32))
