@@ -46,11 +46,14 @@ def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.Data
 
 def run_discovery(features: pd.DataFrame, clinical: pd.DataFrame | None, *, label_column: str | None,
                   treatment_column: str | None, outcome_column: str | None, classifiers: Sequence[Classifier],
-                  cv_folds: int, n_similar: int, random_state: int) -> dict[str, Any]:
+                  cv_folds: int, n_similar: int, random_state: int,
+                  models: dict[str, Any] | None = None) -> dict[str, Any]:
     """Case mining, similar cases, prediction, efficacy and decision support per modality.
 
     Every analysis that the data cannot support (too few cases, no label column...)
     is reported with ``status="skipped"`` and the reason, never silently dropped.
+    When ``models`` is a dict, every cross-validated classifier that could be trained is
+    put in it as ``"<modality>/<kind>" -> (fitted calibrated pipeline, feature columns)``.
     """
     cases = case_table(features)
     out: dict[str, Any] = {"n_cases": int(len(cases)), "modalities": {}}
@@ -75,7 +78,7 @@ def run_discovery(features: pd.DataFrame, clinical: pd.DataFrame | None, *, labe
             res["similar"] = similar.to_dict()
         else:
             res["similar"] = {"status": "skipped", "reason": f"similar cases need >= 2 cases, got {len(table)}"}
-        models = {}
+        fitted: dict[str, Any] = {}
         if label_column and label_column in table.columns and not feats:
             res["prediction"] = {kind: {"status": "skipped", "reason": "not enough cases for cross-validation: "
                                         f"{len(table)} case(s) and no feature that varies between cases"}
@@ -85,8 +88,10 @@ def run_discovery(features: pd.DataFrame, clinical: pd.DataFrame | None, *, labe
                 pred = discovery.predict_cases(table, feature_columns=feats, label=label_column, kind=kind,
                                                outer_folds=cv_folds, inner_folds=min(cv_folds, 3),
                                                random_state=random_state)
-                models[kind] = pred
+                fitted[kind] = pred
                 res.setdefault("prediction", {})[kind] = pred.to_dict()
+                if models is not None and pred.result is not None:
+                    models[f"{modality}/{kind}"] = (pred.result.final_model, list(feats))
         else:
             res["prediction"] = {"status": "skipped", "reason": f"no label column {label_column!r} in the clinical table"
                                  if clinical is not None else "no clinical table given"}
@@ -95,7 +100,7 @@ def run_discovery(features: pd.DataFrame, clinical: pd.DataFrame | None, *, labe
                                                           random_state=random_state).to_dict()
         else:
             res["efficacy"] = {"status": "skipped", "reason": "needs treatment and outcome columns in the clinical table"}
-        model = next((m for m in models.values() if getattr(m, "status", "") == "ok"), None)
+        model = next((m for m in fitted.values() if getattr(m, "status", "") == "ok"), None)
         support = []
         for i in range(len(table)):
             support.append(discovery.decision_support(table.iloc[[i]], model=model, similar=similar,
