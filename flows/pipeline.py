@@ -144,7 +144,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     latest = ws.reports / "report.html"
     write_text_atomic(latest, ws.resolve(rep.html).read_text())
     _register(ws, config, coll, {"preprocessing": [p.volume for p in pre_out], "analysis": [f.features for f in feat_out],
-                                 "discovery": [disc.results], "report": [rep.html, rep.features]})
+                                 "discovery": [disc.results, *disc.models], "report": [rep.html, rep.features]})
     summary = {
         "workspace": str(ws.root),
         "report": ws.relative(latest),

@@ -99,6 +99,15 @@ class ProcessingConfig(_Model):
     segment_when_reference_exists: bool = Field(
         True, description="Also segment volumes that have a reference mask, to report Dice/HD95 against it.")
     pet_fraction: float = Field(0.4, gt=0, lt=1, description="PET isocontour as a fraction of SUVmax.")
+    method: Literal["threshold", "region_grow"] = Field(
+        "threshold", description="CT/MR segmentation: Otsu threshold chain, or region growing from seeds.")
+    seed_points_mm: list[tuple[float, float, float]] = Field(
+        default_factory=list, description="Region-growing seeds in patient LPS mm; empty: the centroids of the "
+                                          "reference masks (assisted mode, flagged in the evaluation).")
+    grow_k: float = Field(2.5, gt=0, description="Region growing: mean +- k std of the seed neighbourhoods.")
+    grow_radius: int = Field(2, ge=0, description="Region growing: half-width (voxels) of the seed cubes.")
+    split_touching: bool = Field(False, description="Split touching objects (watershed on the distance map).")
+    split_min_distance_mm: float = Field(10.0, gt=0)
     filters: list[FilterSpec] = Field(
         default_factory=list, description="IBSI-2 filters (medflow filter vocabulary); each response map is stored "
                                           "and its intensity statistics are computed per ROI in the analysis stage.")

@@ -3,6 +3,7 @@ and evaluation against reference masks when they exist."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -18,6 +19,23 @@ class ProcessOutput(BaseModel):
     evaluation: ArtifactRef
     responses: list[ArtifactRef] = []
     detections: ArtifactRef | None = None
+
+
+def seed_voxels(points_mm: list, references: list, *, affine: np.ndarray, shape: tuple[int, ...]
+                ) -> tuple[np.ndarray | None, str]:
+    """Region-growing seeds as voxel indices: configured LPS points, else reference-mask centroids."""
+    if points_mm:
+        inv = np.linalg.inv(affine)
+        vox = np.rint((inv @ np.c_[np.asarray(points_mm, dtype=float), np.ones(len(points_mm))].T)[:3].T)
+        inside = np.all((vox >= 0) & (vox < np.asarray(shape[:3])), axis=1)
+        return (vox[inside].astype(np.int64) if inside.any() else None), "seeded (configured points)"
+    cents = []
+    for _, m in references:
+        inside = np.argwhere(m)
+        if len(inside):
+            c = np.rint(inside.mean(axis=0)).astype(np.int64)
+            cents.append(c if m[tuple(c)] else inside[len(inside) // 2])  # non-convex ROI: a voxel inside it
+    return (np.asarray(cents) if cents else None), "assisted (seeds from reference masks)"
 
 
 @stage_task("processing", "segment")
@@ -36,13 +54,21 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
         arr, _attrs = read_numpy(step.ws.resolve(m))
         refs.append((m.meta.get("roi_name", "roi"), arr.astype(bool)))
     base = {k: volume.meta.get(k) for k in ("patient_key", "volume_key", "modality")}
+    method, seeds, mode = params.method, None, "automatic"
+    if method == "region_grow" and modality != "PT":
+        seeds, mode = seed_voxels(params.seed_points_mm, refs, affine=affine, shape=src.shape)
+        if seeds is None:
+            method, mode = "threshold", "automatic (region_grow had no seeds: no seed_points_mm, no reference mask)"
     with dask_context(compute), atomic_folder(step.folder) as stage:
         labels, components = auto_segment(
             src.data, spacing=spacing, modality=modality, log_enhancement=params.log_enhancement,
             threshold=params.threshold, bins=params.histogram_bins, opening_radius=params.opening_radius,
             min_size=params.min_component_voxels, connectivity=params.connectivity, keep_largest=params.keep_largest,
-            pet_fraction=params.pet_fraction)
-        evaluation = evaluate_segmentation(labels, components, refs, spacing=spacing)
+            pet_fraction=params.pet_fraction, method=method, seeds=seeds, grow_k=params.grow_k,
+            grow_radius=params.grow_radius, split_touching=params.split_touching,
+            split_min_distance_mm=params.split_min_distance_mm)
+        evaluation = [{**row, "method": "pet_isocontour" if modality == "PT" else method, "mode": mode}
+                      for row in evaluate_segmentation(labels, components, refs, spacing=spacing)]
         write_array(stage / "labels", labels, affine=affine, spacing=spacing,
                     attrs={"medflow": {**base, "components": components}, "provenance": step.provenance()})
         metas = []

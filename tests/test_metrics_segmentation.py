@@ -26,3 +26,20 @@ def test_hausdorff_of_a_shifted_box_is_the_shift_in_mm():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="same shape"):
         dice(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_region_growing_from_a_seed_recovers_a_sphere_and_watershed_splits_touching_spheres():
+    from imaging.autoseg import grow_from_seeds, split_touching_objects
+
+    z, y, x = np.mgrid[:40, :40, :60]
+    a = (z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 8**2
+    b = (z - 20) ** 2 + (y - 20) ** 2 + (x - 34) ** 2 <= 8**2  # touches a
+    rng = np.random.default_rng(0)
+    vol = np.where(a, 100.0, 0.0) + rng.normal(0, 2, a.shape)
+    grown = grow_from_seeds(vol, np.array([[20, 20, 20]]), k=3.0)
+    assert dice(grown, a) > 0.97
+    labels, n = split_touching_objects(a | b, spacing=(1, 1, 1), min_distance_mm=8.0)
+    assert n == 2
+    assert dice(labels == labels[20, 20, 20], a) > 0.9 and dice(labels == labels[20, 20, 34], b) > 0.9
+    with pytest.raises(ValueError, match="inside the volume"):
+        grow_from_seeds(vol, np.array([[50, 0, 0]]))

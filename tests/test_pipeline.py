@@ -210,7 +210,7 @@ def test_fusion_filters_and_detection_are_selectable_in_config(first, tmp_path):
 
     log = {"filter_type": "log", "sigma_mm": 3.0, "boundary": "mirror", "truncate": 4.0}
     s, _ = _run(first["src"], tmp_path / "ws", fusion=FusionConfig(enabled=True),
-                processing=ProcessingConfig(filters=[log], detect_blobs=True))
+                processing=ProcessingConfig(filters=[log], detect_blobs=True, method="region_grow"))
     states = _states(s)
     assert states["fuse"] == {"Completed"}
     fuse_runs = [t for t in s["tasks"]["detail"] if t["task"] == "fuse"]
@@ -226,5 +226,11 @@ def test_fusion_filters_and_detection_are_selectable_in_config(first, tmp_path):
     assert (feats.loc[feats["image"] == "filter:log0", "family"] == "stat").all()
     html = (ws / s["report"]).read_text()
     assert "Fusion (co-registration)" in html and "Candidate lesions" in html
+    evals = pd.concat([pd.read_parquet(p) for p in (ws / "artifacts" / "processing").rglob("evaluation.parquet")])
+    ct = evals[evals["modality"] == "CT"].iloc[0]
+    # tumour and muscle are barely separable on non-contrast CT: the grown region leaks (Dice ~0.08 here),
+    # so only the mechanics are asserted: assisted seeds, a grown region overlapping the reference
+    assert ct["method"] == "region_grow" and ct["mode"].startswith("assisted") and ct["dice"] > 0.0, ct.to_dict()
+    assert (evals.loc[evals["modality"] == "PT", "method"] == "pet_isocontour").all()
     scores = [json.loads(p.read_text()) for p in (ws / "artifacts" / "processing").rglob("detection_score.json")]
     assert len(scores) == 3 and all("recall" in sc and sc["n_candidates"] >= 0 for sc in scores)
