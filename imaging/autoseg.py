@@ -24,8 +24,8 @@ def auto_segment(volume: Any, *, spacing: tuple[float, ...], modality: str | Non
                  threshold: str = "otsu", bins: int = 256, opening_radius: int = 1, min_size: int = 50,
                  connectivity: int = 1, keep_largest: int = 3, pet_fraction: float = 0.4,
                  method: str = "threshold", seeds: np.ndarray | None = None, grow_k: float = 2.5,
-                 grow_radius: int = 2, split_touching: bool = False, split_min_distance_mm: float = 10.0
-                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                 grow_radius: int = 2, split_touching: bool = False, split_min_distance_mm: float = 10.0,
+                 memory_budget_bytes: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Segment one 3-D volume into labelled candidate ROIs.
 
     Parameters
@@ -43,6 +43,9 @@ def auto_segment(volume: Any, *, spacing: tuple[float, ...], modality: str | Non
     split_touching : bool
         Split touching objects with a marker watershed on the distance transform (markers:
         distance maxima at least ``split_min_distance_mm`` apart).
+    memory_budget_bytes : int, optional
+        Above it, a dask foreground stays lazy and is labelled chunk by chunk with a
+        union-find merge across chunk faces (:func:`imaging.segment.label`).
 
     Returns
     -------
@@ -75,12 +78,16 @@ def auto_segment(volume: Any, *, spacing: tuple[float, ...], modality: str | Non
         fg = work > t
         if opening_radius > 0:
             fg = segment.binary_opening(fg, connectivity=connectivity, iterations=opening_radius)
-    fg = fg.compute() if isinstance(fg, da.Array) else np.asarray(fg)
+    lazy = (isinstance(fg, da.Array) and memory_budget_bytes is not None and not split_touching
+            and segment.label_memory_bytes(fg.shape) > memory_budget_bytes)
+    if not lazy:
+        fg = fg.compute() if isinstance(fg, da.Array) else np.asarray(fg)
     if split_touching:
         labels, n = split_touching_objects(fg, spacing=spacing, min_distance_mm=split_min_distance_mm,
                                            connectivity=connectivity, min_size=min_size)
     else:
-        labels, n = segment.label(fg, connectivity=connectivity, min_size=min_size)
+        labels, n = segment.label(fg, connectivity=connectivity, min_size=min_size,
+                                  memory_budget_bytes=memory_budget_bytes)
     labels = np.asarray(labels)
     counts = np.bincount(labels.ravel(), minlength=n + 1)
     order = np.argsort(-counts[1:], kind="stable")[:keep_largest] + 1

@@ -157,7 +157,9 @@ class ComputeConfig(_Model):
     dask_scheduler_address: str | None = Field(
         None, description="A dask.distributed scheduler (tcp://host:8786); null uses the local threaded scheduler.")
     dask_threads: int | None = Field(None, ge=1, description="Threads for the local scheduler (default: all cores).")
-    memory_budget_bytes: int = Field(4 * 1024**3, gt=0, description="Volumes larger than this are processed out of core.")
+    memory_budget_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Connected-component labelling whose working memory would exceed this "
+                                       "runs chunk by chunk with a merge across chunk faces.")
 
 
 class PipelineConfig(_Model):

@@ -66,7 +66,7 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
             min_size=params.min_component_voxels, connectivity=params.connectivity, keep_largest=params.keep_largest,
             pet_fraction=params.pet_fraction, method=method, seeds=seeds, grow_k=params.grow_k,
             grow_radius=params.grow_radius, split_touching=params.split_touching,
-            split_min_distance_mm=params.split_min_distance_mm)
+            split_min_distance_mm=params.split_min_distance_mm, memory_budget_bytes=compute.memory_budget_bytes)
         evaluation = [{**row, "method": "pet_isocontour" if modality == "PT" else method, "mode": mode}
                       for row in evaluate_segmentation(labels, components, refs, spacing=spacing)]
         write_array(stage / "labels", labels, affine=affine, spacing=spacing,

@@ -15,7 +15,7 @@ import platform
 STAGE_VERSIONS: dict[str, str] = {
     "collection": "2",
     "preprocessing": "2",
-    "processing": "2",
+    "processing": "3",
     "analysis": "2",
     "discovery": "2",
     "report": "2",

@@ -43,3 +43,20 @@ def test_region_growing_from_a_seed_recovers_a_sphere_and_watershed_splits_touch
     assert dice(labels == labels[20, 20, 20], a) > 0.9 and dice(labels == labels[20, 20, 34], b) > 0.9
     with pytest.raises(ValueError, match="inside the volume"):
         grow_from_seeds(vol, np.array([[50, 0, 0]]))
+
+
+def test_auto_segment_labels_out_of_core_above_the_memory_budget():
+    import dask.array as da
+
+    from imaging.autoseg import auto_segment
+
+    rng = np.random.default_rng(3)
+    vol = rng.normal(0, 1, (30, 40, 40)).astype(np.float32)
+    vol[5:12, 5:15, 5:15] += 10
+    vol[18:26, 20:35, 20:30] += 10
+    lazy = da.from_array(vol, chunks=(8, 20, 20))
+    in_core, comps_a = auto_segment(lazy, spacing=(1, 1, 1), modality="CT", log_enhancement=False, min_size=10)
+    chunked, comps_b = auto_segment(lazy, spacing=(1, 1, 1), modality="CT", log_enhancement=False, min_size=10,
+                                    memory_budget_bytes=1024)
+    np.testing.assert_array_equal(in_core, chunked)
+    assert comps_a == comps_b and len(comps_a) == 2
