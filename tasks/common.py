@@ -98,9 +98,10 @@ def dask_context(compute: ComputeConfig | None) -> Iterator[None]:
     if compute.dask_scheduler_address:
         from distributed import Client
 
-        with Client(compute.dask_scheduler_address, set_as_default=True) as client:
+        # scoped to this block: set_as_default would leave the process pointing at a closed client
+        with Client(compute.dask_scheduler_address, set_as_default=False) as client, \
+                dask.config.set(scheduler=client):
             yield
-            client.close()
         return
     with dask.config.set(scheduler="threads", num_workers=compute.dask_threads or os.cpu_count() or 1):
         yield
