@@ -71,7 +71,7 @@ def run(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM fil
         cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()),
                           clinical=str(clinical.resolve()) if clinical else None)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(f"invalid configuration: {exc}".splitlines()[0] if "\n" not in str(exc) else f"invalid configuration:\n{exc}")
+        _fail(f"invalid configuration:{chr(10) if chr(10) in str(exc) else ' '}{exc}")
     t0 = time.perf_counter()
     try:
         summary = _run_pipeline(cfg, verbose=verbose)

@@ -12,7 +12,7 @@ import json
 import pathlib
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, select
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -141,7 +141,7 @@ class Catalog:
 
     def count(self, table: type[Base]) -> int:
         with Session(self.engine) as session:
-            return len(session.scalars(select(table)).all())
+            return int(session.scalar(select(func.count()).select_from(table)) or 0)
 
     def volumes(self) -> list[Volume]:
         with Session(self.engine) as session:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -10,8 +9,8 @@ from pydantic import BaseModel
 
 from medflow.config import AnalysisConfig
 from storage.volumes import read_numpy
-from storage.workspace import ArtifactRef, atomic_folder, canonical_json
-from tasks.common import Step, stage_task
+from storage.workspace import ArtifactRef, atomic_folder
+from tasks.common import Step, stage_task, write_json
 
 
 class AnalysisOutput(BaseModel):
@@ -46,9 +45,13 @@ def features(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], para
     spacing = tuple(float(s) for s in attrs["spacing"])
     modality = volume.meta.get("modality")
     settings = settings_for(modality, params)
-    settings_digest = "sha256:" + hashlib.sha256(canonical_json(settings.model_dump(mode="json")).encode()).hexdigest()
+    from medflow.features_cli import settings_digest as digest_of
 
-    stat_settings = settings.model_copy(update={"families": ("stat",)})
+    settings_digest = digest_of(settings)
+
+    # filter response maps: intensity statistics only, on the raw response (no HU range, rounding or outliers)
+    response_settings = settings.model_copy(update={"families": ("stat",), "resegmentation_range": None,
+                                                    "outlier_sigma": None, "intensity_rounding": False})
     response_images = [(r.meta.get("filter", "filter"), read_numpy(step.ws.resolve(r))[0]) for r in responses]
 
     def one(mask_ref: ArtifactRef) -> pd.DataFrame:
@@ -56,8 +59,7 @@ def features(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], para
         roi = mask.astype(bool)
         parts = [extract_features(image, roi, spacing=spacing, settings=settings).assign(image="original")]
         for name, response in response_images:
-            filtered = extract_features(response, roi, spacing=spacing, settings=stat_settings.model_copy(
-                update={"resegmentation_range": None, "outlier_sigma": None, "intensity_rounding": False}))
+            filtered = extract_features(response, roi, spacing=spacing, settings=response_settings)
             parts.append(filtered.assign(image=f"filter:{name}"))
         table = pd.concat(parts, ignore_index=True)
         m = mask_ref.meta
@@ -74,7 +76,7 @@ def features(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], para
         columns=["family", "feature", "aggregation", "ibsi_code", "value", "patient_key", "volume_key", "mask_key"])
     with atomic_folder(step.folder) as stage:
         table.to_parquet(stage / "features.parquet", index=False)
-        (stage / "provenance.json").write_text(canonical_json(step.provenance(settings=settings.model_dump(mode="json"))))
+        write_json(stage / "provenance.json", step.provenance(settings=settings.model_dump(mode="json")))
     return AnalysisOutput(features=step.ref("features", "features.parquet", meta={
         k: volume.meta.get(k) for k in ("patient_key", "volume_key", "modality")}), n_rois=len(usable),
         n_values=len(table))

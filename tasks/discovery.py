@@ -7,8 +7,8 @@ from pydantic import BaseModel
 
 from medflow.config import DiscoveryConfig
 from storage.models import save_model
-from storage.workspace import ArtifactRef, atomic_folder, canonical_json
-from tasks.common import Step, stage_task
+from storage.workspace import ArtifactRef, atomic_folder
+from tasks.common import Step, stage_task, write_json
 
 
 class DiscoveryOutput(BaseModel):
@@ -34,7 +34,7 @@ def discover(workspace: str, features: list[ArtifactRef], clinical: ArtifactRef 
                             models=models)
     saved = []
     with atomic_folder(step.folder) as stage:
-        (stage / "discovery.json").write_text(canonical_json({"provenance": step.provenance(), **results}))
+        write_json(stage / "discovery.json", {"provenance": step.provenance(), **results})
         case_table(table).to_parquet(stage / "cases.parquet", index=False)
         for i, (name, (model, columns)) in enumerate(sorted(models.items())):
             modality, kind = name.split("/")
@@ -42,9 +42,9 @@ def discover(workspace: str, features: list[ArtifactRef], clinical: ArtifactRef 
             rel = f"models/model{i}"
             (stage / rel).mkdir(parents=True)
             save_model(stage / rel / "model.joblib", model)
-            (stage / rel / "card.json").write_text(canonical_json({
+            write_json(stage / rel / "card.json", {
                 "modality": modality, "kind": kind, "feature_columns": columns, "label": params.label_column,
-                "cv": card, "provenance": step.provenance()}))
+                "cv": card, "provenance": step.provenance()})
             saved.append((rel, {"modality": modality, "kind": kind, "n_features": len(columns)}))
     return DiscoveryOutput(results=step.ref("discovery", "discovery.json"), cases=step.ref("cases", "cases.parquet"),
                            n_cases=int(results["n_cases"]),

@@ -7,8 +7,8 @@ from pydantic import BaseModel
 
 from medflow.config import ComputeConfig, FusionConfig, PreprocessingConfig
 from storage.volumes import geometry, open_array, read_numpy, write_array
-from storage.workspace import ArtifactRef, atomic_folder, canonical_json
-from tasks.common import Step, dask_context, stage_task
+from storage.workspace import ArtifactRef, atomic_folder
+from tasks.common import Step, dask_context, stage_task, write_json
 
 
 class PreprocessOutput(BaseModel):
@@ -85,6 +85,6 @@ def fuse(workspace: str, fixed: ArtifactRef, moving: ArtifactRef, params: Fusion
     with atomic_folder(step.folder) as stage:
         write_array(stage / "volume", np.asarray(fused, dtype=np.float32), affine=f_aff, spacing=f_sp,
                     attrs={"medflow": meta, "provenance": step.provenance(fusion=summary)})
-        (stage / "transform.json").write_text(canonical_json(summary))
+        write_json(stage / "transform.json", summary)
     return FusionOutput(volume=step.ref("fused-volume", "volume", meta=meta),
                         transform=step.ref("transform", "transform.json", meta=summary))

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 
 from medflow.config import ComputeConfig, ProcessingConfig
 from storage.volumes import geometry, open_array, read_numpy, write_array
-from storage.workspace import ArtifactRef, atomic_folder, canonical_json
-from tasks.common import Step, dask_context, stage_task
+from storage.workspace import ArtifactRef, atomic_folder
+from tasks.common import Step, dask_context, stage_task, write_json
 
 
 class ProcessOutput(BaseModel):
@@ -54,6 +54,7 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
         arr, _attrs = read_numpy(step.ws.resolve(m))
         refs.append((m.meta.get("roi_name", "roi"), arr.astype(bool)))
     base = {k: volume.meta.get(k) for k in ("patient_key", "volume_key", "modality")}
+    provenance = step.provenance()
     method, seeds, mode = params.method, None, "automatic"
     if method == "region_grow" and modality != "PT":
         seeds, mode = seed_voxels(params.seed_points_mm, refs, affine=affine, shape=src.shape)
@@ -70,13 +71,13 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
         evaluation = [{**row, "method": "pet_isocontour" if modality == "PT" else method, "mode": mode}
                       for row in evaluate_segmentation(labels, components, refs, spacing=spacing)]
         write_array(stage / "labels", labels, affine=affine, spacing=spacing,
-                    attrs={"medflow": {**base, "components": components}, "provenance": step.provenance()})
+                    attrs={"medflow": {**base, "components": components}, "provenance": provenance})
         metas = []
         for i, comp in enumerate(components):
             meta = {**base, "mask_key": f"{volume.meta.get('volume_key')}.auto{i}", "roi_name": f"auto_{i + 1}",
                     "source": "auto", "voxels": int(comp["voxels"])}
             write_array(stage / f"auto{i}", labels == comp["label"], affine=affine, spacing=spacing,
-                        attrs={"medflow": meta, "provenance": step.provenance()})
+                        attrs={"medflow": meta, "provenance": provenance})
             metas.append((f"auto{i}", meta))
         responses = []
         for i, spec in enumerate(params.filters):
@@ -84,7 +85,7 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
             response = apply_filter(src.data, spec, spacing=spacing)
             meta = {**base, "filter": name, "spec": spec.model_dump(mode="json")}
             write_array(stage / f"response{i}", response, affine=affine, spacing=spacing,
-                        attrs={"medflow": meta, "provenance": step.provenance()})
+                        attrs={"medflow": meta, "provenance": provenance})
             responses.append((f"response{i}", meta))
         detection_summary = None
         if params.detect_blobs:
@@ -92,7 +93,7 @@ def segment(workspace: str, volume: ArtifactRef, reference_masks: list[ArtifactR
                 src.data, spacing=spacing, affine=affine, method=params.blob_method, sigmas_mm=params.blob_sigmas_mm,
                 threshold=params.blob_threshold, references=refs)
             found.assign(**base).to_parquet(stage / "detections.parquet", index=False)
-            (stage / "detection_score.json").write_text(canonical_json(detection_summary))
+            write_json(stage / "detection_score.json", detection_summary)
         pd.DataFrame(evaluation).assign(**base).to_parquet(stage / "evaluation.parquet", index=False)
     return ProcessOutput(
         labels=step.ref("labels", "labels", meta=base),

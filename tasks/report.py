@@ -8,8 +8,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from storage.volumes import read_numpy
-from storage.workspace import ArtifactRef, atomic_folder, canonical_json
-from tasks.common import Step, stage_task
+from storage.workspace import ArtifactRef, atomic_folder
+from tasks.common import Step, stage_task, write_json
 
 
 class ReportOutput(BaseModel):
@@ -54,5 +54,5 @@ def report(workspace: str, collection: ArtifactRef, volumes: list[ArtifactRef], 
     with atomic_folder(step.folder) as stage:
         (stage / "report.html").write_text(html)
         feats.to_parquet(stage / "features.parquet", index=False)
-        (stage / "provenance.json").write_text(canonical_json(step.provenance()))
+        write_json(stage / "provenance.json", step.provenance())
     return ReportOutput(html=step.ref("report", "report.html"), features=step.ref("features", "features.parquet"))
