@@ -36,7 +36,7 @@ class ImageData:
     meta: dict = field(default_factory=dict)
 
 
-def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
 
 
@@ -69,7 +69,7 @@ def read_nifti(path: str | pathlib.Path) -> ImageData:
     if (slope not in (None, 1.0)) or (inter not in (None, 0.0)):
         data = np.asarray(img.get_fdata(dtype=np.float64))
     volume, affine = nifti_to_medflow(data, img.affine)
-    return ImageData(volume=volume, spacing=_spacing_from_affine(affine), affine=affine, meta={"format": "nifti"})
+    return ImageData(volume=volume, spacing=spacing_from_affine(affine), affine=affine, meta={"format": "nifti"})
 
 
 def read_nrrd(path: str | pathlib.Path) -> ImageData:
@@ -87,7 +87,7 @@ def read_nrrd(path: str | pathlib.Path) -> ImageData:
         affine = _RAS_TO_LPS @ affine
     elif space not in ("left-posterior-superior", "lps"):
         raise ValueError(f"NRRD space {space!r} is not supported (expected LPS or RAS)")
-    return ImageData(volume=np.ascontiguousarray(data), spacing=_spacing_from_affine(affine), affine=affine,
+    return ImageData(volume=np.ascontiguousarray(data), spacing=spacing_from_affine(affine), affine=affine,
                      meta={"format": "nrrd"})
 
 
@@ -114,7 +114,7 @@ def write_nifti(path: str | pathlib.Path, volume: np.ndarray, affine: np.ndarray
     img = nib.Nifti1Image(np.asarray(data), affine_ras)
     img.set_qform(affine_ras, code=1)
     img.set_sform(affine_ras, code=1)
-    zooms = list(_spacing_from_affine(affine_ras[:, :]))
+    zooms = list(spacing_from_affine(affine_ras[:, :]))
     img.header.set_zooms(tuple(zooms[:3]) + tuple(1.0 for _ in range(data.ndim - 3)))
     p = pathlib.Path(path)
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"

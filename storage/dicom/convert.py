@@ -45,6 +45,7 @@ from storage.dicom.pixels import (
     read_full,
 )
 from storage.dicom.series import VolumePlan, _cluster_positions, _floats, _num, _s, split_volumes
+from storage.images import spacing_from_affine
 
 __all__ = ["convert_series", "suvbw_factor", "DEFAULT_MAX_PIXEL_BYTES", "REASON_CODES"]
 
@@ -361,11 +362,6 @@ def _orientation_label(normal: np.ndarray) -> str:
     return ("sagittal", "coronal", "axial")[ax] + ("" if abs(normal[ax]) > 0.99 else "-oblique")
 
 
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    n = np.linalg.norm(affine[:3, :3], axis=0)
-    return float(n[0]), float(n[1]), float(n[2])
-
-
 def _finish_meta(meta: dict[str, Any], vol: np.ndarray, slices: list[_Slice]) -> None:
     slopes = np.array([s.slope for s in slices])
     inters = np.array([s.intercept for s in slices])
@@ -436,7 +432,7 @@ def _volume_from_slices(slices: list[_Slice], arrays: list[np.ndarray], key: dic
     factor = _pet_meta(first.ds, meta)
     _finish_meta(meta, vol, slices)
     vol = _apply_pet(vol, meta, factor, pet_units)
-    return ConvertedVolume(volume=vol, affine=affine, spacing=_spacing(affine), kind="3d", meta=meta,
+    return ConvertedVolume(volume=vol, affine=affine, spacing=spacing_from_affine(affine), kind="3d", meta=meta,
                            instance_uids=[_s(s.ds, "SOPInstanceUID") for s in slices],
                            series_uid=group.series_uid, frame_of_reference_uid=group.frame_of_reference_uid)
 
@@ -484,7 +480,7 @@ def _build_4d(plan: VolumePlan, group: SeriesGroup, dec: _Decoded, rejections: l
     factor = _pet_meta(first.ds, meta)
     _finish_meta(meta, vol, all_slices)
     vol = _apply_pet(vol, meta, factor, pet_units)
-    return [ConvertedVolume(volume=vol, affine=affine, spacing=_spacing(affine), kind="4d", meta=meta,
+    return [ConvertedVolume(volume=vol, affine=affine, spacing=spacing_from_affine(affine), kind="4d", meta=meta,
                             instance_uids=uids, series_uid=group.series_uid,
                             frame_of_reference_uid=group.frame_of_reference_uid)]
 
@@ -598,7 +594,7 @@ def _build_mosaic(plan: VolumePlan, group: SeriesGroup, dec: _Decoded, rejection
     meta["channels"] = 1
     factor = _pet_meta(first_ds, meta)
     vol = _apply_pet(vol, meta, factor, pet_units)
-    return [ConvertedVolume(volume=vol, affine=affines[0], spacing=_spacing(affines[0]), kind=kind, meta=meta,
+    return [ConvertedVolume(volume=vol, affine=affines[0], spacing=spacing_from_affine(affines[0]), kind=kind, meta=meta,
                             instance_uids=[_s(ds, "SOPInstanceUID") for _, ds in used], series_uid=group.series_uid,
                             frame_of_reference_uid=group.frame_of_reference_uid)]
 
@@ -726,7 +722,7 @@ def _build_multiframe(plan: VolumePlan, group: SeriesGroup, dec: _Decoded, rejec
             factor = _pet_meta(ds, meta)
             _finish_meta(meta, vol, alls)
             vol = _apply_pet(vol, meta, factor, pet_units)
-            out.append(ConvertedVolume(volume=vol, affine=affine, spacing=_spacing(affine), kind="4d", meta=meta,
+            out.append(ConvertedVolume(volume=vol, affine=affine, spacing=spacing_from_affine(affine), kind="4d", meta=meta,
                                        instance_uids=[_s(ds, "SOPInstanceUID")], series_uid=group.series_uid,
                                        frame_of_reference_uid=group.frame_of_reference_uid))
         else:
@@ -769,7 +765,7 @@ def _build_legacy_multiframe(e: FileEntry, ds, group: SeriesGroup, dec: _Decoded
     meta["dtype"] = str(vol.dtype)
     meta["channels"] = "RGB" if colour else 1
     meta["rescale_slope"], meta["rescale_intercept"] = float(slope), float(inter)
-    return [ConvertedVolume(volume=vol, affine=affine, spacing=_spacing(affine) if kind == "3d" else _spacing(affine)[1:],
+    return [ConvertedVolume(volume=vol, affine=affine, spacing=spacing_from_affine(affine) if kind == "3d" else spacing_from_affine(affine)[1:],
                             kind=kind, meta=meta, instance_uids=[_s(ds, "SOPInstanceUID")], series_uid=group.series_uid,
                             frame_of_reference_uid=group.frame_of_reference_uid)]
 
@@ -860,7 +856,7 @@ def _build_2d(plan: VolumePlan, group: SeriesGroup, dec: _Decoded, rejections: l
         meta["imager_pixel_spacing_mm"] = [float(v) for v in ds.ImagerPixelSpacing]
     if _s(ds, "PhotometricInterpretation").upper() == "MONOCHROME1":
         meta["display_note"] = "MONOCHROME1: low values display bright; values kept as stored"
-    return [ConvertedVolume(volume=img, affine=affine, spacing=_spacing(affine)[1:], kind="2d", meta=meta,
+    return [ConvertedVolume(volume=img, affine=affine, spacing=spacing_from_affine(affine)[1:], kind="2d", meta=meta,
                             instance_uids=[_s(ds, "SOPInstanceUID")], series_uid=group.series_uid,
                             frame_of_reference_uid=group.frame_of_reference_uid)]
 
