@@ -29,6 +29,8 @@ import scipy.ndimage as ndi
 from imaging import kernels as K
 from imaging import segment as S
 from imaging.types import Interpolation
+from imaging.voxelgrid import sigma_voxels
+from imaging.voxelgrid import spacing3 as _spacing3
 
 __all__ = [
     "sigma_voxels",
@@ -72,32 +74,10 @@ def _as_volume(volume: Any, name: str = "volume") -> Any:
     return vol
 
 
-def _spacing3(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
-    try:
-        sp = tuple(float(s) for s in spacing)
-    except TypeError:
-        sp = (float(spacing),) * 3
-    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
-        raise ValueError(f"{name} must be 3 positive finite mm values, got {spacing!r}")
-    return sp  # type: ignore[return-value]
-
-
 def _order(interpolation: str) -> int:
     if interpolation not in _ORDERS:
         raise ValueError(f"interpolation must be one of {tuple(_ORDERS)}, got {interpolation!r}")
     return _ORDERS[interpolation]
-
-
-def sigma_voxels(spacing: Sequence[float], sigma_mm: float | Sequence[float]) -> tuple[float, float, float]:
-    """Gaussian sigma in voxels per axis from a sigma in mm (scalar or per axis)."""
-    sp = _spacing3(spacing)
-    try:
-        sm = tuple(float(s) for s in sigma_mm)  # type: ignore[union-attr]
-    except TypeError:
-        sm = (float(sigma_mm),) * 3  # type: ignore[arg-type]
-    if len(sm) != 3 or not all(math.isfinite(s) and s >= 0 for s in sm) or not any(s > 0 for s in sm):
-        raise ValueError(f"sigma_mm must be > 0 (scalar or 3 values >= 0), got {sigma_mm!r}")
-    return tuple(s / p for s, p in zip(sm, sp, strict=True))  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------

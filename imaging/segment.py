@@ -18,7 +18,6 @@ numbered in raster order of each component's first voxel, exactly like
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,6 +28,13 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from imaging import kernels as K
+from imaging.voxelgrid import (
+    ComponentMerger,
+    _connectivity,
+    _plane_offsets,  # noqa: F401  (re-exported: kernels tests use it)
+    label_to_store,
+    plan_slab,
+)
 
 __all__ = [
     "histogram",
@@ -82,12 +88,6 @@ def _check_mask(mask: Any, volume: Any) -> Any:
     if tuple(mask.shape) != tuple(volume.shape):
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match volume shape {tuple(volume.shape)}")
     return mask
-
-
-def _connectivity(connectivity: int, ndim: int = 3) -> int:
-    if connectivity not in range(1, ndim + 1):
-        raise ValueError(f"connectivity must be in 1..{ndim}, got {connectivity!r}")
-    return int(connectivity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,80 +422,6 @@ def _label_local(mask: np.ndarray, connectivity: int, n_threads: int | None = 1,
     return lab, int(n)
 
 
-def _plane_offsets(connectivity: int) -> np.ndarray:
-    """In-plane offsets (d1, d2) of neighbours one step across a face, for scipy connectivity 1..3."""
-    offs = [(d1, d2) for d1 in (-1, 0, 1) for d2 in (-1, 0, 1) if 1 + (d1 != 0) + (d2 != 0) <= connectivity]
-    return np.asarray(offs, dtype=np.int64)
-
-
-class ComponentMerger:
-    """Union-find over the provisional labels of many blocks (thread-safe).
-
-    Each block registers its local label count, per-label voxel counts and global
-    raster index of the first voxel (:func:`imaging.kernels.label_stats`) and gets
-    an offset: its global provisional labels are ``local + offset``. Facing planes
-    across block boundaries are united with :meth:`union_planes`. :meth:`finish`
-    returns the lookup table ``provisional -> final`` where final labels are
-    numbered in raster order of first voxels (scipy's order) and components smaller
-    than ``min_size`` map to 0.
-    """
-
-    def __init__(self, connectivity: int) -> None:
-        self.connectivity = _connectivity(connectivity)
-        self.offsets2d = _plane_offsets(self.connectivity)
-        self._lock = threading.Lock()
-        self.parent = np.arange(1024, dtype=np.int64)
-        self.total = 0
-        self._counts: list[tuple[int, np.ndarray]] = []
-        self._first: list[tuple[int, np.ndarray]] = []
-
-    def add_block(self, n: int, counts: np.ndarray, first: np.ndarray) -> int:
-        with self._lock:
-            offset = self.total
-            need = offset + n + 1
-            if need > self.parent.size:
-                size = max(need, 2 * self.parent.size)
-                self.parent = np.concatenate([self.parent, np.arange(self.parent.size, size, dtype=np.int64)])
-            self.total += n
-            self._counts.append((offset, counts[1:]))
-            self._first.append((offset, first[1:]))
-            return offset
-
-    def union_planes(self, left: np.ndarray, right: np.ndarray) -> int:
-        """Unite provisional labels of ``left[i, j]`` with ``right[i + d1, j + d2]`` (global labels, 0 = background)."""
-        if left.shape != right.shape:
-            raise ValueError(f"facing planes differ in shape: {left.shape} vs {right.shape}")
-        with self._lock:
-            return int(K.uf_union_planes(self.parent, np.ascontiguousarray(left, dtype=np.int64),
-                                         np.ascontiguousarray(right, dtype=np.int64), self.offsets2d))
-
-    def finish(self, min_size: int = 0) -> tuple[np.ndarray, int]:
-        """Return ``(lut, n)``: ``lut[provisional]`` is the final label (int32), ``n`` the component count."""
-        n_prov = self.total
-        counts = np.zeros(n_prov + 1, dtype=np.int64)
-        first = np.full(n_prov + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        for off, c in self._counts:
-            counts[off + 1 : off + 1 + c.size] = c
-        for off, f in self._first:
-            first[off + 1 : off + 1 + f.size] = np.where(f < 0, np.iinfo(np.int64).max, f)
-        roots = K.uf_flatten(self.parent[: n_prov + 1].copy())
-        root_size = np.bincount(roots, weights=counts, minlength=n_prov + 1)
-        root_first = np.full(n_prov + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(root_first, roots, first)
-        cand = np.flatnonzero((roots == np.arange(n_prov + 1)) & (root_size > 0))
-        cand = cand[cand > 0]
-        if min_size > 0:
-            cand = cand[root_size[cand] >= min_size]
-        order = cand[np.argsort(root_first[cand], kind="stable")]
-        final_of_root = np.zeros(n_prov + 1, dtype=np.int64)
-        final_of_root[order] = np.arange(1, order.size + 1)
-        lut = final_of_root[roots]
-        lut[0] = 0
-        if order.size >= 2**31:
-            raise ValueError(f"{order.size} components do not fit int32 labels")
-        return lut.astype(np.int32), int(order.size)
-
-
 def _block_summary(block: np.ndarray, connectivity: int, origin: tuple[int, ...], shape: tuple[int, ...]) -> dict[str, Any]:
     lab, n = _label_local(block, connectivity)
     counts, first = K.label_stats(lab, n, origin[0], origin[1], origin[2], shape[1], shape[2])
@@ -620,8 +546,6 @@ def label(
     arr = np.asarray(mask)
     if fits:
         return _label_local(arr, connectivity, n_threads, int(min_size))
-    from imaging.streaming import label_to_store, plan_slab
-
     slab = plan_slab(arr.shape, bytes_per_voxel=LABEL_BYTES_PER_VOXEL, halo=0,
                      memory_budget_bytes=int(memory_budget_bytes or 0), max_in_flight=1)
     out = np.zeros(arr.shape, dtype=np.int32)

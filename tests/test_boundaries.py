@@ -51,3 +51,44 @@ def test_guard_is_live():
     """The checker itself must see imports (it would pass vacuously otherwise)."""
     assert "prefect" in _imports(ROOT / "tasks" / "common.py")
     assert PURE, "no pure modules found"
+
+
+def _imaging_graph() -> dict[str, set[str]]:
+    """imaging module -> imaging modules it imports, at module level or inside functions."""
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in PURE}
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                deps.add(base)
+                deps.update(f"{base}.{a.name}" for a in node.names)  # `from imaging import segment`
+        graph[mod] = {d for d in deps if d in mods and d != mod and not d.startswith(mod + ".")}
+    return graph
+
+
+def test_imaging_has_no_import_cycles():
+    graph = _imaging_graph()
+    assert {"imaging.preprocess", "imaging.segment", "imaging.streaming"} <= set(graph)
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [mod])
+    assert not cycles, f"import cycles in imaging/: {cycles}"
