@@ -25,6 +25,15 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _check_separate(source: pathlib.Path, workspace: pathlib.Path) -> None:
+    """Refuse a workspace inside the source folder, or a source inside the workspace (it would ingest itself)."""
+    src, ws = source.resolve(), workspace.resolve()
+    if ws == src or ws.is_relative_to(src):
+        _fail(f"workspace {workspace} is inside the source folder {source}: choose a workspace outside it")
+    if src.is_relative_to(ws):
+        _fail(f"source folder {source} is inside the workspace {workspace}: choose a source outside it")
+
+
 def _run_pipeline(config, *, verbose: bool) -> dict:
     """Run the pipeline flow with a live progress line; returns its summary."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -67,6 +76,7 @@ def run(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM fil
 
     if not source.is_dir():
         _fail(f"source folder does not exist: {source}")
+    _check_separate(source, workspace)
     try:
         cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()),
                           clinical=str(clinical.resolve()) if clinical else None)
@@ -103,6 +113,7 @@ def ingest(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM 
 
     if not source.is_dir():
         _fail(f"source folder does not exist: {source}")
+    _check_separate(source, workspace)
     cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()))
     t0 = time.perf_counter()
     try:

@@ -10,6 +10,14 @@ A workspace is a folder that holds everything one medflow project produces::
       reports/                                  HTML reports
       .tmp/                                     staging area for atomic writes
 
+Private by default: a workspace holds sensitive medical data (pixel data, shifted dates,
+the pseudonym vault), so :meth:`Workspace.ensure` sets
+the process umask to ``0o077`` (:data:`PRIVATE_UMASK`) and makes the root and its
+sub-folders mode 0700. Every later writer in the process (atomic writes, Zarr stores,
+the SQLite catalog, reports, quarantine records, Prefect result records) therefore
+creates folders 0700 and files 0600 without its own ``chmod``. The umask is
+process-wide and is deliberately left in place: the flows call ``ensure()`` first.
+
 Everything that refers to an artifact stores a path *relative to the workspace*
 plus the artifact's content digest, so the folder can be moved or copied and
 every reference and cache record stays valid.
@@ -30,6 +38,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 MANIFEST = ".medflow-manifest.json"
+#: umask of every process that writes a workspace: no group/other bits (folders 0700, files 0600)
+PRIVATE_UMASK = 0o077
 _CHUNK = 1 << 20
 
 
@@ -222,8 +232,13 @@ class Workspace:
         self.root = pathlib.Path(root).expanduser().resolve()
 
     def ensure(self) -> Workspace:
+        """Create the layout, private: umask :data:`PRIVATE_UMASK` for this process, folders 0700."""
+        os.umask(PRIVATE_UMASK)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
         for sub in ("artifacts", "results", "quarantine", "reports", ".tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root / sub, 0o700)
         return self
 
     @property
