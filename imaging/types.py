@@ -31,8 +31,6 @@ Normalisation = Literal["none", "zscore", "percentile", "window", "suv"]
 Thresholding = Literal["otsu", "multi_otsu", "isocontour"]
 Connectivity = Literal[1, 2, 3]
 Discretisation = Literal["fbn", "fbs"]
-Classifier = Literal["svm", "random_forest", "logistic_regression", "decision_tree"]
-
 Stage = Literal["collection", "preprocessing", "processing", "analysis", "discovery", "report"]
 
 # --- IBSI-2 convolutional filters (imaging/filters, imaging/filter_spec.py) ---
@@ -46,15 +44,6 @@ Pooling = Literal["max", "min", "average"]
 """Pooling of the response maps of rotated filters (IBSI-2 rotation invariance)."""
 GaborResponse = Literal["modulus", "real", "imaginary"]
 EnhanceMethod = Literal["log", "gamma", "equalize", "clahe"]
-
-# --- classification and knowledge discovery (imaging/learn.py, imaging/discovery.py) ---
-CalibrationMethod = Literal["sigmoid", "isotonic"]
-"""Probability calibration (Platt sigmoid, or isotonic regression) via ``CalibratedClassifierCV``."""
-SimilarityMetric = Literal["euclidean", "manhattan", "cosine"]
-"""Distance between standardised case feature vectors for similar-case reasoning."""
-NeighbourWeights = Literal["uniform", "distance"]
-OutcomeKind = Literal["auto", "binary", "categorical", "continuous"]
-DiscoveryStatus = Literal["ok", "partial", "skipped"]
 
 # --- IBSI-1 feature extraction (imaging/features) ---
 FeatureFamily = Literal["morph", "loc", "stat", "ih", "ivh", "cm", "rlm", "szm", "dzm", "ngt", "ngl"]

@@ -8,6 +8,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORBIDDEN = ("prefect", "pydicom", "zarr", "storage", "tasks", "flows", "nibabel", "nrrd", "gdcm")
 PURE = sorted((ROOT / "imaging").rglob("*.py"))
+#: knowledge/ is table science: DataFrames in, tables and models out (no IO, no plotting, no medflow)
+KNOWLEDGE = sorted((ROOT / "knowledge").rglob("*.py"))
+KNOWLEDGE_FORBIDDEN = (*FORBIDDEN, "medflow", "matplotlib", "pyarrow", "sqlalchemy", "dask")
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -27,9 +30,15 @@ def test_pure_modules_import_no_io_or_orchestration(path):
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: imaging/ must stay pure"
 
 
+@pytest.mark.parametrize("path", KNOWLEDGE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_knowledge_modules_stay_table_science(path):
+    bad = _imports(path) & set(KNOWLEDGE_FORBIDDEN)
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: knowledge/ must stay pure"
+
+
 def test_pure_modules_open_no_files():
     offenders = []
-    for path in PURE:
+    for path in [*PURE, *KNOWLEDGE]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
@@ -39,7 +48,7 @@ def test_pure_modules_open_no_files():
 
 def test_only_storage_imports_pydicom_and_zarr():
     offenders = []
-    for pkg in ("imaging", "tasks", "flows", "medflow"):
+    for pkg in ("imaging", "knowledge", "tasks", "flows", "medflow"):
         for path in (ROOT / pkg).rglob("*.py"):
             bad = _imports(path) & {"pydicom", "zarr", "gdcm"}
             if bad:
@@ -51,6 +60,7 @@ def test_guard_is_live():
     """The checker itself must see imports (it would pass vacuously otherwise)."""
     assert "prefect" in _imports(ROOT / "tasks" / "common.py")
     assert PURE, "no pure modules found"
+    assert KNOWLEDGE, "no knowledge modules found"
 
 
 def _imaging_graph() -> dict[str, set[str]]:

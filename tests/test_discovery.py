@@ -1,4 +1,4 @@
-"""Tests of imaging.discovery: case mining, associations, similar cases, kNN prediction,
+"""Tests of the per-case analyses of knowledge/ (mining, similar, decision, efficacy): case mining, associations, similar cases, kNN prediction,
 classifier case prediction, efficacy evaluation, decision support.
 
 Real data: the Wisconsin diagnostic breast cancer table bundled with scikit-learn, turned
@@ -23,19 +23,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from imaging.discovery import (
-    CasePredictionResult,
-    decision_support,
-    evaluate_efficacy,
-    feature_associations,
-    join_clinical,
-    mine_cases,
-    numeric_feature_columns,
-    predict_cases,
-    predict_from_similar,
-    similar_cases,
-)
-from imaging.learn import fitted_pipeline
+from knowledge._common import numeric_feature_columns
+from knowledge.cards import fitted_pipeline
+from knowledge.decision import CasePredictionResult, decision_support, predict_cases
+from knowledge.efficacy import evaluate_efficacy
+from knowledge.mining import feature_associations, join_clinical, mine_cases
+from knowledge.similar import predict_from_similar, similar_cases
 
 
 def _expit(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of imaging.learn on real public data bundled with scikit-learn (offline).
+"""Tests of knowledge.learn/crossval/cards on real public data bundled with scikit-learn (offline).
 
 Reference figures: Wisconsin diagnostic breast cancer table (569 cases, 30 features,
 ``sklearn.datasets.load_breast_cancer``); the scaled RBF SVM reaches >= 0.96 accuracy and
@@ -20,18 +20,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from imaging.learn import (
-    CVResult,
-    InsufficientDataError,
-    build_classifier,
-    choose_folds,
-    cross_validate_classifier,
-    default_param_grid,
-    fitted_pipeline,
-    model_card,
-    nested_cross_validate,
-    permutation_importance_table,
-)
+from knowledge.cards import fitted_pipeline, model_card, permutation_importance_table
+from knowledge.crossval import CVResult, cross_validate_classifier, nested_cross_validate
+from knowledge.learn import InsufficientDataError, build_classifier, choose_folds, default_param_grid
 
 
 @pytest.fixture(scope="module")
