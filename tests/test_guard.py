@@ -122,7 +122,7 @@ def test_real_ct_series_passes_fast_without_worker(ct_dir, monkeypatch):
     def no_worker(*a, **k):  # native files must never start a bounded worker
         raise AssertionError("a worker was started for uncompressed files")
 
-    monkeypatch.setattr(guard_mod, "_Worker", no_worker)
+    monkeypatch.setattr(guard_mod.workers, "_Worker", no_worker)
     t0 = time.perf_counter()
     res = guard_files(files, limits=LIMITS)
     elapsed = time.perf_counter() - t0

@@ -69,6 +69,7 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
     """
     import pydicom
 
+    from storage.dicom.bugs import file_handle, raise_if_bug
     from storage.dicom.convert import convert_series
     from storage.dicom.rtstruct import rasterise_rtstruct
     from storage.dicom.scan import scan
@@ -116,6 +117,7 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
                 try:
                     ds = pydicom.dcmread(e.path, force=True)
                 except Exception as exc:  # noqa: BLE001
+                    raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
                     result.rejections.append(Rejection(e.sha256, "unreadable_file", "the file could not be read in full",
                                                        type(exc).__name__))
                     continue
@@ -129,6 +131,7 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
                         masks, rej = convert_seg(ds, result.volumes, sha256=e.sha256, max_pixel_bytes=max_pixel_bytes,
                                                  fractional_threshold=seg_fractional_threshold)
                 except Exception as exc:  # noqa: BLE001
+                    raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
                     masks, rej = [], [Rejection(e.sha256, f"{g.object_kind}_failed",
                                                 f"the {g.object_kind} object could not be rasterised",
                                                 type(exc).__name__)]

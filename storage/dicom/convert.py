@@ -36,6 +36,7 @@ from imaging.geometry import (
     slice_normal,
     slice_spacing_stats,
 )
+from storage.dicom.bugs import file_handle, raise_if_bug, series_handle
 from storage.dicom.model import ConvertedVolume, FileEntry, Rejection, SeriesGroup
 from storage.dicom.pixels import (
     DEFAULT_MAX_PIXEL_BYTES,
@@ -293,6 +294,7 @@ def _load(entry: FileEntry, rejections: list[Rejection]):
     try:
         return read_full(entry.path)
     except Exception as exc:  # noqa: BLE001
+        raise_if_bug(exc, stage="conversion", input_key=file_handle(entry.sha256))
         rejections.append(_reject(entry, "unreadable_file", "the file could not be read in full", exc))
         return None
 
@@ -906,6 +908,7 @@ def convert_series(group: SeriesGroup, *, max_pixel_bytes: int = DEFAULT_MAX_PIX
     try:
         plans, rej = split_volumes(group)
     except Exception as exc:  # noqa: BLE001
+        raise_if_bug(exc, stage="series split", input_key=series_handle([e.sha256 for e in group.files]))
         return [], [_reject(e, "series_split_failed", "the series could not be split into volumes", exc)
                     for e in group.files]
     rejections.extend(rej)
@@ -917,7 +920,8 @@ def convert_series(group: SeriesGroup, *, max_pixel_bytes: int = DEFAULT_MAX_PIX
         except PixelDataError as exc:
             rejections.extend(_reject(e, exc.reason, exc.detail, exc.exception_type) for e in plan.entries)
             continue
-        except Exception as exc:  # noqa: BLE001 - never crash the collection on one bad volume
+        except Exception as exc:  # noqa: BLE001 - a bad volume never crashes the collection; a bug does
+            raise_if_bug(exc, stage="conversion", input_key=series_handle([e.sha256 for e in plan.entries]))
             rejections.extend(_reject(e, "conversion_failed", "the volume could not be assembled", exc)
                               for e in plan.entries)
             continue

@@ -219,6 +219,9 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
     except MemoryError as exc:
         raise PixelDataError("absurd_dimensions", "decoding ran out of memory", type(exc).__name__) from exc
     except Exception as exc:  # noqa: BLE001 - decoder errors of any type become a reason code
+        from storage.dicom.bugs import raise_if_bug
+
+        raise_if_bug(exc, stage="decode", input_key="pixel data")  # a medflow defect fails the run
         raise PixelDataError("decode_failed", "the pixel data could not be decoded",
                              type(exc).__name__) from exc
     frames = max(1, _int(ds, "NumberOfFrames", 1))

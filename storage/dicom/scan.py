@@ -12,6 +12,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 
+from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, ObjectKind, Rejection
 
 __all__ = ["classify", "is_probably_dicom", "iter_files", "read_header", "scan", "sha256_file"]
@@ -204,7 +205,8 @@ def scan(root: str | os.PathLike[str]) -> tuple[list[FileEntry], list[Rejection]
             rejections.append(Rejection(digest, "unreadable_header", "header nested too deeply", type(exc).__name__,
                                         size=size))
             continue
-        except Exception as exc:  # noqa: BLE001 - any parser failure is a rejection
+        except Exception as exc:  # noqa: BLE001 - any parser failure is a rejection; a medflow bug is not
+            raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
             reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
             rejections.append(Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__,
                                         size=size))
@@ -213,6 +215,7 @@ def scan(root: str | os.PathLike[str]) -> tuple[list[FileEntry], list[Rejection]
             kind = classify(ds)
             is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
         except Exception as exc:  # noqa: BLE001
+            raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
             rejections.append(Rejection(digest, "unreadable_header", "header elements could not be decoded",
                                         type(exc).__name__, size=size))
             continue
