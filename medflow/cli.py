@@ -206,6 +206,163 @@ def deidentify(in_dir: Annotated[pathlib.Path, typer.Argument(help="Folder of DI
         _fail(str(exc))
 
 
+
+@app.command()
+def serve(state_dir: Annotated[pathlib.Path, typer.Option(help="Folder for all state: Prefect DB, logs, staging.")]
+          = pathlib.Path("medflow-serve"),
+          port: Annotated[int, typer.Option(help="Port of the server on 127.0.0.1.")] = 4200,
+          insecure_local: Annotated[bool, typer.Option(
+              "--insecure-local", help="Allow running without PREFECT_SERVER_API_AUTH_STRING.")] = False,
+          log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")] = "WARNING",
+          watch: Annotated[pathlib.Path | None, typer.Option(help="Drop folder to watch for arriving studies.")] = None,
+          workspace: Annotated[pathlib.Path | None, typer.Option(help="Shared workspace for arriving studies.")] = None,
+          quiet_seconds: Annotated[float, typer.Option(help="A study is complete after this long unchanged.")] = 10.0
+          ) -> None:
+    """Serve medflow: Prefect server (loopback, auth, CSRF), work pool, deployments, worker, folder watcher."""
+    from medflow.serve import ServeError, ServeOptions
+    from medflow.serve import serve as run_serve
+
+    try:
+        opts = ServeOptions(state_dir=state_dir, port=port, insecure_local=insecure_local, log_level=log_level,
+                            watch=watch, workspace=workspace, quiet_s=quiet_seconds)
+        code = run_serve(opts, log=lambda m: console.print(m, highlight=False))
+    except ServeError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def watch(folder: Annotated[pathlib.Path, typer.Argument(help="Drop folder: each top-level subfolder is a study.")],
+          workspace: Annotated[pathlib.Path, typer.Option(help="Shared workspace the studies are processed into.")],
+          state_dir: Annotated[pathlib.Path, typer.Option(help="Folder for the watcher's state and staged studies.")]
+          = pathlib.Path("medflow-serve"),
+          quiet_seconds: Annotated[float, typer.Option(help="A study is complete after this long unchanged.")] = 10.0,
+          interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0) -> None:
+    """Watch a drop folder; emit medflow.study.arrived once per complete study (needs PREFECT_API_URL)."""
+    import os
+    import threading
+
+    from medflow.serve import make_watcher
+
+    runtime.configure(False)
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: point it at the server started by 'medflow serve'")
+    if not folder.is_dir():
+        _fail(f"watched folder does not exist: {folder}")
+    try:
+        watcher = make_watcher(folder, workspace=workspace.resolve(), state_dir=state_dir.resolve(),
+                               quiet_s=quiet_seconds, log=lambda m: console.print(m, highlight=False))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    stop = threading.Event()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"watching {folder} (quiet period {quiet_seconds:g} s)", highlight=False)
+    watcher.run(interval_s=interval, stop=stop,
+                on_error=lambda e: console.print(f"watcher: {type(e).__name__}: {e}", highlight=False))
+
+schema_app = typer.Typer(no_args_is_help=True, help="Case schemas: the role of every clinical column.")
+app.add_typer(schema_app, name="schema")
+casebase_app = typer.Typer(no_args_is_help=True, help="Stored case bases that new patients are placed against.")
+app.add_typer(casebase_app, name="casebase")
+
+
+@schema_app.command("propose")
+def schema_propose(table: Annotated[pathlib.Path, typer.Argument(help="Clinical sheet (CSV/TSV/Parquet).")],
+                   out_path: Annotated[pathlib.Path, typer.Option("--out", help="Schema YAML to write.")],
+                   lang: Annotated[str, typer.Option(help="Language of the printed roles (en|zh).")] = "en") -> None:
+    """Propose the role of every column, print it for you to confirm, write the schema YAML to edit."""
+    from medflow.discover_cli import propose_schema_file
+
+    if lang not in ("en", "zh"):
+        _fail(f"--lang must be en or zh, got {lang!r}")
+    try:
+        _schema, lines = propose_schema_file(table, out_path, lang=lang)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+    out.print(f"schema written to {out_path}: check every role (declare the label) before using it", highlight=False)
+
+
+@schema_app.command("check")
+def schema_check(schema: Annotated[pathlib.Path, typer.Argument(help="Schema YAML.")],
+                 table: Annotated[pathlib.Path | None, typer.Option(help="Clinical sheet it must match.")] = None
+                 ) -> None:
+    """Validate a (hand-edited) schema, and that it matches a table when one is given."""
+    from storage.clinical import check_schema_matches, read_case_schema, read_raw_table
+
+    try:
+        s = read_case_schema(schema)
+        if table is not None:
+            check_schema_matches(s, read_raw_table(table).columns)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for line in s.describe():
+        out.print(line, highlight=False, markup=False)
+    out.print("schema is valid", highlight=False)
+
+
+@app.command()
+def discover(table: Annotated[pathlib.Path, typer.Argument(help="Case table (Parquet/CSV): long feature rows joined "
+                                                                  "with clinical columns, or one row per patient.")],
+             schema: Annotated[pathlib.Path, typer.Option(help="Case-schema YAML (medflow schema propose).")],
+             out_dir: Annotated[pathlib.Path, typer.Option("--out", help="Output folder.")],
+             lang: Annotated[str, typer.Option(help="Report/rules language: en or zh.")] = "en",
+             config: Annotated[pathlib.Path | None, typer.Option(help="YAML with a 'discovery' section.")] = None
+             ) -> None:
+    """Knowledge discovery on a ready case table: metrics.json, rules.txt and report.html in OUT."""
+    from medflow.config import DiscoveryConfig
+    from medflow.discover_cli import run_discover
+
+    if lang not in ("en", "zh"):
+        _fail(f"--lang must be en or zh, got {lang!r}")
+    try:
+        section = {}
+        if config is not None:
+            from medflow.yamlio import read_yaml_mapping
+
+            section = read_yaml_mapping(config, what="config file").get("discovery", {}) or {}
+        metrics = run_discover(table, schema_path=schema, out=out_dir, lang=lang,
+                               config=DiscoveryConfig.model_validate(section))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    for name, m in (metrics["prediction"].get("models") or {}).items():
+        out.print(f"{name}: AUC {m['auc']:.3f} {m['auc_ci']}", highlight=False)
+    out.print(f"metrics.json, rules.txt and report.html written to {out_dir}", highlight=False)
+
+
+@casebase_app.command("build")
+def casebase_build(cohort: Annotated[pathlib.Path, typer.Argument(help="Cohort folder with dicom/ and clinical.csv.")],
+                   out_dir: Annotated[pathlib.Path, typer.Option("--out", help="Output folder.")],
+                   config: Annotated[pathlib.Path, typer.Option(help="Cohort config YAML.")] = pathlib.Path(
+                       "docs/sts_cohort.yaml"),
+                   workspace: Annotated[pathlib.Path | None, typer.Option(help="Workspace (default: temporary).")] = None,
+                   exclude: Annotated[list[str] | None, typer.Option(help="Patient IDs left out (default: the demo "
+                                                                          "sample's STS_008, STS_025).")] = None,
+                   verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the pipeline on a cohort and write its case base (neutral ids, no PHI) + schema.yaml to OUT."""
+    import tempfile
+
+    from medflow.discover_cli import DEMO_PATIENTS, build_casebase
+
+    runtime.configure(verbose)
+    if not (cohort / "dicom").is_dir() or not (cohort / "clinical.csv").is_file():
+        _fail(f"cohort folder must hold dicom/ and clinical.csv: {cohort}")
+    with tempfile.TemporaryDirectory(prefix="medflow-casebase-") as tmp:
+        try:
+            info = build_casebase(cohort, out=out_dir, workspace=workspace or pathlib.Path(tmp) / "ws", config=config,
+                                  exclude=tuple(exclude) if exclude else DEMO_PATIENTS)
+        except (ValueError, FileNotFoundError) as exc:
+            if verbose:
+                raise
+            _fail(str(exc).splitlines()[0])
+    out.print(f"{info['rows']} cases x {info['columns']} columns written to {info['path']} "
+              f"(excluded: {', '.join(info['excluded'])})", highlight=False)
+
+
 def main() -> None:
     try:
         app()

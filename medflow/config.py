@@ -9,10 +9,10 @@ form generated from these models.
 from __future__ import annotations
 
 import pathlib
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imaging.filter_spec import FilterSpec
 
@@ -139,16 +139,77 @@ class AnalysisConfig(_Model):
 
 
 class DiscoveryConfig(_Model):
-    """Knowledge discovery: case mining, similar cases, prediction, efficacy, decision support."""
+    """Knowledge discovery: patient-level case base, prediction, rules, survival, efficacy, similar cases.
 
-    label_column: str | None = Field("label", description="Clinical column holding the class label, if present.")
-    treatment_column: str | None = Field("treatment", description="Clinical column holding the treatment arm, if present.")
-    outcome_column: str | None = Field("outcome", description="Clinical column holding the outcome, if present.")
-    classifiers: tuple[Literal["svm", "random_forest", "logistic_regression", "decision_tree"], ...] = (
-        "decision_tree", "svm")
-    cv_folds: int = Field(5, ge=2)
-    n_similar: int = Field(3, ge=1)
+    The clinical columns' roles (identifier, baseline predictor, label, event, time,
+    treatment, post-baseline, PHI, ignore; :class:`knowledge.roles.CaseSchema`) come from
+    ``schema_file`` (a YAML written by ``medflow schema propose`` and checked by the user)
+    or inline ``roles``; the schema's content, never its path, enters the cache key.
+    Without a labelled clinical table the workspace's patients are placed against the
+    stored case base ``casebase`` (its schema is ``schema.yaml`` beside it).
+    """
+
+    schema_file: str | None = Field(
+        None, description="Case-schema YAML giving every clinical column its role (relative paths: from the "
+                          "current directory, then from the medflow checkout).")
+    roles: dict[str, Any] | None = Field(
+        None, description="Inline case schema (same content as a schema file: columns, missing_tokens).")
+    label: str | None = Field(None, description="Label column to predict when the schema declares several.")
+    casebase: str | None = Field(
+        "sample/sts_casebase/casebase.parquet",
+        description="Stored case base (Parquet, schema.yaml beside it) that new patients are placed against when "
+                    "the workspace has no labelled clinical table; null: none.")
+    classifier: Literal["logistic_regression", "svm", "random_forest", "decision_tree"] = Field(
+        "logistic_regression", description="Classifier of the prediction models (nested cross-validation).")
+    outer_folds: int = Field(5, ge=2, description="Outer cross-validation folds (grouped by patient).")
+    inner_folds: int = Field(3, ge=2, description="Inner folds (feature selection, hyper-parameters).")
+    n_bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+    n_permutations: int = Field(200, ge=0, description="Label permutations of the null model.")
+    k_similar: int = Field(3, ge=1, description="Similar cases shown per patient.")
+    max_tree_depth: int = Field(3, ge=1, description="Depth of the decision tree turned into rules.")
     random_state: int = 0
+    lang: Literal["en", "zh"] = Field("en", description="Language of the report and rules.txt.")
+
+    @model_validator(mode="after")
+    def _one_schema(self) -> DiscoveryConfig:
+        if self.schema_file is not None and self.roles is not None:
+            raise ValueError("discovery: give schema_file or roles, not both")
+        return self
+
+    def resolved(self) -> DiscoveryConfig:
+        """A copy whose schema is inline (``roles`` from the file's content, ``schema_file`` null).
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            Naming the missing file or the invalid field/column of the schema.
+        """
+        if self.schema_file is None:
+            return self
+        from storage.clinical import read_case_schema
+
+        path = resolve_path(self.schema_file)
+        return self.model_copy(update={"schema_file": None, "roles": read_case_schema(path).to_dict()})
+
+    def casebase_path(self) -> pathlib.Path | None:
+        """The stored case base file, or None when none is configured or it does not exist."""
+        if self.casebase is None:
+            return None
+        try:
+            return resolve_path(self.casebase)
+        except FileNotFoundError:
+            return None
+
+
+def resolve_path(value: str) -> pathlib.Path:
+    """A configured file: as given (absolute or relative to the current directory), else in the checkout."""
+    p = pathlib.Path(value).expanduser()
+    if p.is_file():
+        return p.resolve()
+    alt = pathlib.Path(__file__).resolve().parents[1] / value
+    if not p.is_absolute() and alt.is_file():
+        return alt
+    raise FileNotFoundError(f"file does not exist: {value}")
 
 
 class ComputeConfig(_Model):

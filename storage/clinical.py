@@ -417,3 +417,175 @@ def infer_schema(df: pd.DataFrame, *, max_categories: int = 10) -> ClinicalSchem
             treatment = n
     return ClinicalSchema(columns=cols, patient_id=id_col, label=label, treatment=treatment,
                           unique_patient=not df[id_col].duplicated().any())
+
+
+# -- case schemas (declared column roles, knowledge.roles.CaseSchema) ----------------------------------
+class CaseSchemaError(ValueError):
+    """A case-schema file is invalid, or does not match its table; the message names the column/field."""
+
+
+def _schema_error_lines(exc, data: dict) -> list[str]:
+    """pydantic errors -> lines naming the column (by its ``name``) and the field."""
+    cols = data.get("columns") if isinstance(data, dict) else None
+    lines = []
+    for err in exc.errors():
+        loc = list(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        where = ".".join(map(str, loc))
+        if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int) and isinstance(cols, list) \
+                and loc[1] < len(cols) and isinstance(cols[loc[1]], dict) and "name" in cols[loc[1]]:
+            field = ".".join(map(str, loc[2:])) or "(entry)"
+            where = f"column {cols[loc[1]]['name']!r} (columns[{loc[1]}]) field '{field}'"
+        elif where:
+            where = f"field '{where}'"
+        got = err.get("input")
+        shown = f" (got {got!r})" if isinstance(got, str | int | float | bool) else ""
+        lines.append(f"{where}: {msg}{shown}" if where else msg)
+    return lines
+
+
+def case_schema_from_dict(data: Any, *, source: str = "schema"):
+    """Validate a mapping as a :class:`knowledge.roles.CaseSchema`.
+
+    Raises
+    ------
+    CaseSchemaError
+        One line per problem, naming the column and the field.
+    """
+    from pydantic import ValidationError
+
+    from knowledge.roles import CaseSchema
+
+    if not isinstance(data, dict):
+        raise CaseSchemaError(f"{source}: expected a mapping with 'columns', got {type(data).__name__}")
+    try:
+        return CaseSchema.model_validate(data)
+    except ValidationError as exc:
+        lines = _schema_error_lines(exc, data)
+        raise CaseSchemaError(f"{source}: invalid case schema:\n  " + "\n  ".join(lines)) from None
+
+
+def read_case_schema(path: str | pathlib.Path):
+    """Load and validate a case-schema YAML (``columns: [{name, role, type, ...}]``).
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    CaseSchemaError
+        Invalid YAML or an invalid column entry (the message names the column and field).
+    """
+    import yaml
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"case schema does not exist: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CaseSchemaError(f"{p.name}: not valid YAML: {exc}") from None
+    return case_schema_from_dict(data, source=p.name)
+
+
+def write_case_schema(schema, path: str | pathlib.Path, *, header: str = "") -> pathlib.Path:
+    """Write a case schema as YAML, atomically (one column per list entry, roles in file order)."""
+    import os
+    import tempfile
+
+    import yaml
+
+    p = pathlib.Path(path)
+    data = schema.to_dict()
+    # one readable entry per column: fields at their empty default are left out (they round-trip)
+    data["columns"] = [{k: v for k, v in c.items() if v not in (None, [], {})} for c in data["columns"]]
+    body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + body
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def read_raw_table(path: str | pathlib.Path) -> pd.DataFrame:
+    """A clinical sheet as given: CSV/TSV cells as text (nothing coerced), Parquet as stored."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"clinical table does not exist: {p}")
+    suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(p)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return pd.read_csv(p, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",",
+                           encoding="utf-8-sig")
+    raise ValueError(f"clinical table must be .csv, .tsv or .parquet, got suffix {suffix!r}")
+
+
+def check_schema_matches(schema, columns) -> None:
+    """Every table column declared, every declared (or derive-source) column present.
+
+    Raises
+    ------
+    CaseSchemaError
+        Naming each undeclared or missing column.
+    """
+    have = [str(c) for c in columns]
+    declared = {c.name for c in schema.columns if c.derive is None}
+    sources = {c.derive.source for c in schema.columns if c.derive is not None}
+    problems = [f"column {c!r} of the table is not declared in the schema (give it a role, e.g. ignore or phi)"
+                for c in have if c not in declared and c not in sources]
+    problems += [f"column {c!r} declared in the schema is not in the table (columns: {have})"
+                 for c in sorted((declared | sources) - set(have))]
+    if schema.identifier is None:
+        problems.append("the schema declares no identifier column (role: identifier)")
+    if problems:
+        raise CaseSchemaError("case schema does not match the table:\n  " + "\n  ".join(problems))
+
+
+def load_clinical_roles(path, *, schema, keys: PseudonymKeys, vault=None) -> pd.DataFrame:
+    """Read a clinical sheet under a case schema: pseudonymise the identifier, drop PHI and ignored columns.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.csv``/``.tsv`` (cells read as text) or ``.parquet``.
+    schema : knowledge.roles.CaseSchema
+        Declared roles; checked against the header first (:func:`check_schema_matches`).
+    keys : PseudonymKeys
+        The same secret as the images, so ``patient_key`` values match the image pseudonyms.
+    vault : storage.vault.Vault, optional
+        Records ``identifier -> patient_key``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``patient_key`` (first column) plus every column whose role is neither identifier,
+        ``phi`` nor ``ignore``, values as in the sheet (text), rows in file order.
+
+    Raises
+    ------
+    CaseSchemaError
+        Schema/table mismatch, an empty or repeated identifier (the identifier value is never echoed).
+    """
+    raw = read_raw_table(path)
+    check_schema_matches(schema, raw.columns)
+    ident = schema.identifier
+    ids = raw[ident].map(_cell_text).str.strip()
+    problems = [f"row {i + 1}: the identifier column {ident!r} is empty" for i, v in enumerate(ids) if not v]
+    dup = ids[ids.duplicated() & (ids != "")]
+    problems += [f"row {i + 1}: the identifier repeats an earlier row" for i in dup.index]
+    if problems:
+        raise CaseSchemaError(f"{pathlib.Path(path).name}: " + "; ".join(problems[:MAX_PROBLEMS]))
+    drop = {c.name for c in schema.columns if c.role in ("phi", "ignore", "identifier") and c.derive is None}
+    keep = [c for c in map(str, raw.columns) if c not in drop]
+    pkeys = [keys.patient_key(p) for p in ids]
+    out = raw[keep].copy()
+    out.insert(0, "patient_key", pkeys)
+    if vault is not None:
+        vault.record_many("patient", sorted(set(zip(ids, pkeys, strict=True))))
+    return out.reset_index(drop=True)
