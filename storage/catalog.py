@@ -150,3 +150,30 @@ class Catalog:
     def masks(self) -> list[Mask]:
         with Session(self.engine) as session:
             return list(session.scalars(select(Mask).order_by(Mask.mask_key)).all())
+
+    def case_base_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Rows of the whole case base (volumes with modality, masks, analysis feature tables, QC, quarantine)."""
+        with Session(self.engine) as session:
+            vols = session.execute(select(Volume, Series.modality, Series.study_key, Study.patient_key)
+                                   .join(Series, Volume.series_key == Series.series_key)
+                                   .join(Study, Series.study_key == Study.study_key)
+                                   .order_by(Volume.volume_key)).all()
+            masks = session.scalars(select(Mask).order_by(Mask.mask_key)).all()
+            feats = session.scalars(select(Artifact).where(Artifact.stage == "analysis")
+                                    .order_by(Artifact.uri)).all()
+            qc = session.scalars(select(QCFindingRow).order_by(QCFindingRow.id)).all()
+            rej = session.scalars(select(QuarantineRow).order_by(QuarantineRow.sha256)).all()
+            return {
+                "volumes": [{"uri": v.uri, "digest": v.digest, "meta": {
+                    "volume_key": v.volume_key, "series_key": v.series_key, "study_key": study, "patient_key": patient,
+                    "modality": modality, "kind": v.kind}} for v, modality, study, patient in vols],
+                "masks": [{"uri": m.uri, "digest": m.digest, "meta": {
+                    "mask_key": m.mask_key, "volume_key": m.volume_key, "roi_name": m.roi_name, "source": m.source,
+                    "voxels": m.voxels}} for m in masks],
+                "features": [{"uri": a.uri, "kind": a.kind, "digest": a.digest, "meta": dict(a.meta or {})}
+                             for a in feats if a.kind == "features"],
+                "qc": [{"series_key": q.series_key, "code": q.code, "severity": q.severity, "message": q.message,
+                        "value": q.value} for q in qc],
+                "rejections": [{"sha256": r.sha256, "reason": r.reason, "detail": r.detail,
+                                "exception_type": r.exception_type} for r in rej],
+            }
