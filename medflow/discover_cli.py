@@ -27,21 +27,20 @@ from medflow.config import DiscoveryConfig
 LONG_COLUMNS = {"patient_key", "volume_key", "roi_name", "family", "feature", "value"}
 
 
-def prepare_clinical(clinical: pd.DataFrame, schema) -> pd.DataFrame:
-    """A clinical table keyed by ``patient_key`` (pseudonymised by ingest) typed by its schema.
+def clinical_for_schema(clinical: pd.DataFrame, schema) -> pd.DataFrame:
+    """The ingested clinical table (``patient_key`` in place of the identifier) under the schema's names.
 
-    The ingest replaced the schema's identifier column by ``patient_key``; the roles are
-    applied here (derived labels, event 0/1, times, PHI/ignore dropped).
+    The ingest replaced the schema's identifier column by the pseudonymous ``patient_key``;
+    it takes the identifier's name again so that the schema applies unchanged.
     """
-    from knowledge import apply_schema
-
     ident = schema.identifier
-    table = clinical
-    if ident is not None and "patient_key" in table.columns and ident not in table.columns:
-        table = table.rename(columns={"patient_key": ident})
-    if ident is None or ident not in table.columns:
+    if ident is None:
+        raise ValueError("the case schema declares no identifier column (role: identifier)")
+    if ident in clinical.columns:
+        return clinical
+    if "patient_key" not in clinical.columns:
         raise ValueError(f"clinical table has neither the schema's identifier {ident!r} nor 'patient_key'")
-    return apply_schema(table, schema, rename_identifier=True)
+    return clinical.rename(columns={"patient_key": ident})
 
 
 def _label(params: DiscoveryConfig, schema) -> str | None:
@@ -97,12 +96,11 @@ def analyse(features_long: pd.DataFrame | None, clinical: pd.DataFrame | None, s
 
     if schema is None and clinical is not None:
         schema = knowledge.propose_schema(clinical)  # patient_key is the identifier; no label is proposed
-    typed = prepare_clinical(clinical, schema) if clinical is not None and schema is not None else None
     if case_table is not None:
         table = case_table
     else:
-        cb = knowledge.patient_case_base(features_long, typed, schema=schema)
-        table = cb.table
+        raw = clinical_for_schema(clinical, schema) if clinical is not None else None
+        table = knowledge.patient_case_base(features_long, raw, schema=schema if raw is not None else None).table
     label = _label(params, schema)
     labelled = label is not None and label in table.columns and table[label].dropna().nunique() == 2
     kwargs = _discover_kwargs(params)
@@ -216,8 +214,10 @@ def run_discover(table_path: str | pathlib.Path, *, schema_path: str | pathlib.P
         long = raw[[c for c in raw.columns if c not in clinical_cols]]
         results, table = analyse(long, clinical, schema, params)
     else:
-        typed = prepare_clinical(clinical, schema)
-        table = raw.drop(columns=clinical_cols).merge(typed, on="patient_key", how="left")
+        from knowledge.casebase import clinical_design
+
+        design, _ = clinical_design(clinical_for_schema(clinical, schema), schema)
+        table = raw.drop(columns=clinical_cols).merge(design, on="patient_key", how="left")
         results, table = analyse(None, None, schema, params, case_table=table)
     out = pathlib.Path(out)
     provenance = {"table": str(pathlib.Path(table_path).name), "schema": schema.to_dict(),

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medflow.report_knowledge import CSS as _KNOWLEDGE_CSS
+from medflow.report_knowledge import knowledge_sections
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -66,18 +69,13 @@ def _table(df: pd.DataFrame, *, max_rows: int = 200, floatfmt: str = "{:.4g}") -
                                      na_rep="–", escape=True)
 
 
-def _status(block: dict[str, Any]) -> str:
-    if isinstance(block, dict) and block.get("status") not in (None, "ok"):
-        return f"<p class='skip'>{html.escape(str(block.get('status')))}: {html.escape(str(block.get('reason', '')))}</p>"
-    return ""
-
-
 def render(*, volumes: list[dict[str, Any]], figures: list[tuple[str, str]], qc: pd.DataFrame,
            quarantine: pd.DataFrame, evaluation: pd.DataFrame, features: pd.DataFrame,
            discovery: dict[str, Any], provenance: dict[str, Any], fusion: pd.DataFrame | None = None,
            detection: pd.DataFrame | None = None) -> str:
     """The report as one self-contained HTML page."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medflow report</title><style>{_CSS}</style>"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medflow report</title>"
+             f"<style>{_CSS}{_KNOWLEDGE_CSS}</style>"
              "</head><body><h1>medflow decision-support report</h1>",
              "<p class='muted'>Research use only. Cases are identified by pseudonymous keys; the pseudonym map is "
              "held encrypted in the workspace vault.</p>"]
@@ -112,32 +110,17 @@ def render(*, volumes: list[dict[str, Any]], figures: list[tuple[str, str]], qc:
                   f"<p class='muted'>{len(features)} feature values over "
                   f"{features[['volume_key', 'roi_name']].drop_duplicates().shape[0]} ROIs; the full table is "
                   "features.parquet in the report's artifact folder.</p>", _table(wide)]
-    parts.append("<h2>Knowledge discovery</h2>")
-    for modality, res in (discovery.get("modalities") or {}).items():
-        parts.append(f"<h3>{html.escape(modality)}: {res.get('n_cases')} cases, {res.get('n_features')} features</h3>")
-        sim = res.get("similar", {})
-        parts.append("<h4>Similar cases</h4>" + (_status(sim) or _table(pd.DataFrame(sim.get("neighbours") or []))))
-        mining = res.get("mining", {})
-        parts.append("<h4>Case mining</h4>" + (_status(mining) or
-                     f"<p>{mining.get('n_clusters')} clusters (silhouette {mining.get('silhouette')})</p>"))
-        pred = res.get("prediction", {})
-        parts.append("<h4>Prediction</h4>")
-        if "status" in pred:
-            parts.append(_status(pred))
-        else:
-            for kind, p in pred.items():
-                parts.append(f"<p><b>{html.escape(kind)}</b>: " + (_status(p) or html.escape(
-                    ", ".join(f"{k} {v:.3f}" for k, v in (p.get("mean_metrics") or {}).items()
-                              if isinstance(v, float)))) + "</p>")
-        parts.append("<h4>Efficacy</h4>" + (_status(res.get("efficacy", {})) or
-                     f"<pre>{html.escape(str(res.get('efficacy')))[:2000]}</pre>"))
-        ds = res.get("decision_support") or []
-        if ds:
-            rows = [{"case": d.get("case", {}).get("volume_key", "") if isinstance(d.get("case"), dict) else "",
-                     "summary": "; ".join(map(str, d.get("caveats", [])))[:300]} for d in ds]
-            parts.append("<h4>Decision support</h4>" + _table(pd.DataFrame(rows)))
+    parts.append(f"<h2>{html.escape(_ui('knowledge', discovery))}</h2>")
+    parts.append(knowledge_sections({k: v for k, v in discovery.items() if k != "provenance"},
+                                    lang=str(discovery.get("lang") or "en")))
     parts += ["<h2>Provenance</h2>", f"<pre>{html.escape(_fmt(provenance))}</pre></body></html>"]
     return "\n".join(parts)
+
+
+def _ui(key: str, discovery: dict[str, Any]) -> str:
+    lang = str(discovery.get("lang") or "en")
+    return {"knowledge": {"en": "Knowledge discovery and decision support", "zh": "知识发现与决策支持"}}[key].get(
+        lang, "Knowledge discovery and decision support")
 
 
 def _fmt(value: Any) -> str:
