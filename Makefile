@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: venv demo test bench lint typecheck clean
+.PHONY: venv casebase demo test bench lint typecheck clean
 
 venv: $(STAMP)
 
@@ -23,14 +23,21 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# the stored case base the demo places its patients against (sample/sts_casebase/README.md)
+SHARED ?= ../shared/data
+casebase: venv
+	$(BIN)/medflow casebase build $(SHARED)/sts_cohort --out sample/sts_casebase --config docs/sts_cohort.yaml
+
 demo: venv
 	$(BIN)/medflow demo --workspace $(or $(WORKSPACE),medflow-demo)
 
 test: venv
 	$(BIN)/python -m pytest tests
 
+# BENCH selects benchmarks by name substring (e.g. make bench BENCH="voxel cohort"); peers installed first
 bench: venv
-	$(BIN)/python -m bench.run
+	bash scripts/bench-peers.sh $(VENV)
+	$(BIN)/python -m bench.run $(BENCH)
 
 lint: venv
 	$(BIN)/ruff check medflow imaging storage tasks flows tests bench

@@ -1,51 +1,71 @@
-"""Run every ``bench/bench_*.py`` module's ``main()`` in sequence (``python -m bench.run``).
+"""Run every ``bench/bench_*.py`` module, each in its own subprocess (``python -m bench.run``).
 
-Usage: ``python -m bench.run [NAME ...]`` where NAME filters modules by substring
-(e.g. ``python -m bench.run voxel``). Arguments after ``--`` are not used; each
-module's ``main()`` is called with no arguments so it runs its default configuration.
+Usage: ``python -m bench.run [NAME ...] [--timeout SECONDS]`` where NAME filters modules by
+substring (e.g. ``python -m bench.run voxel cohort``). Each module runs as
+``python -m bench.<name>`` with its default configuration in a fresh interpreter, so one
+benchmark's imports, thread pools and memory never affect the next, and a crash, a
+missing optional peer or a timeout in one never stops the others. A module that cannot
+run exits with :data:`bench._common.SKIP_EXIT` after printing why: it is reported as
+skipped. The exit status is non-zero only when a benchmark failed.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
+import os
 import pathlib
+import subprocess
 import sys
 import time
-import traceback
+
+from bench._common import SKIP_EXIT
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def discover() -> list[str]:
-    here = pathlib.Path(__file__).resolve().parent
-    return sorted(p.stem for p in here.glob("bench_*.py"))
+    return sorted(p.stem for p in HERE.glob("bench_*.py"))
+
+
+def run_one(name: str, *, timeout: float | None, python: str = sys.executable) -> tuple[str, float, str]:
+    """Run ``bench.<name>`` in a subprocess; returns (status, seconds, reason)."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([python, "-m", f"bench.{name}"], cwd=HERE.parent, timeout=timeout,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return "failed", time.perf_counter() - t0, f"timed out after {timeout:.0f} s"
+    sec = time.perf_counter() - t0
+    if proc.returncode == 0:
+        return "ok", sec, ""
+    if proc.returncode == SKIP_EXIT:
+        return "skipped", sec, "see the SKIPPED line above"
+    return "failed", sec, f"exit status {proc.returncode}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="substrings selecting benchmark modules (default: all)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark (default: none)")
+    args = ap.parse_args(argv)
     names = discover()
-    if argv:
-        names = [n for n in names if any(a in n for a in argv)]
-    failed: list[str] = []
+    if args.names:
+        names = [n for n in names if any(a in n for a in args.names)]
+        if not names:
+            print(f"no benchmark matches {args.names}; available: {', '.join(discover())}")
+            return 2
+    outcome: list[tuple[str, str, float, str]] = []
     for name in names:
         print(f"\n=== bench.{name} ===", flush=True)
-        t0 = time.perf_counter()
-        try:
-            module = importlib.import_module(f"bench.{name}")
-            entry = getattr(module, "main", None)
-            if entry is None:
-                print(f"bench.{name} has no main(); skipped")
-                continue
-            # each module parses its own argv; give it none so it uses its defaults
-            saved, sys.argv = sys.argv, [f"bench/{name}.py"]
-            try:
-                entry()
-            finally:
-                sys.argv = saved
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
-        print(f"=== bench.{name} finished in {time.perf_counter() - t0:.1f} s ===", flush=True)
+        status, sec, reason = run_one(name, timeout=args.timeout)
+        print(f"=== bench.{name} {status} in {sec:.1f} s ===", flush=True)
+        outcome.append((name, status, sec, reason))
+    print("\nsummary:")
+    for name, status, sec, reason in outcome:
+        print(f"  {name:24s} {status:8s} {sec:8.1f} s  {reason}")
+    failed = [n for n, s, _, _ in outcome if s == "failed"]
     if failed:
-        print(f"\nFAILED: {', '.join(failed)}")
+        print(f"FAILED: {', '.join(failed)}")
         return 1
     return 0
 
