@@ -27,10 +27,14 @@ __all__ = ["CaseSchema", "ColumnRole", "LabelRule", "LeakageError", "Role", "app
 
 def __getattr__(name: str):
     # the heavy entry points import lazily (sklearn) and may land after the roles
-    if name in ("discover", "place_cases"):
-        from knowledge import discover as _d
+    if name == "discover":
+        from knowledge.analysis import discover
 
-        return getattr(_d, name)
+        return discover
+    if name == "place_cases":
+        from knowledge.patients import place_cases
+
+        return place_cases
     if name in ("patient_case_base", "case_table", "CaseBase"):
         from knowledge import casebase
 

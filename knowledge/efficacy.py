@@ -428,3 +428,54 @@ def _adjusted_effect(
         result["status"] = "partial"
         result["reason"] = f"{failed} of {boot_idx.shape[0]} bootstrap fits failed; no risk-difference CI"
     return result
+
+
+def compare_arms(table: pd.DataFrame, *, treatment: str, outcome: str, covariates: Sequence[str],
+                 n_bootstrap: int, random_state: int, min_arm: int = 3) -> dict[str, Any]:
+    """Every treatment arm against the reference (largest) arm, adjusted for baseline covariates.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per patient with ``treatment``, a 0/1 ``outcome`` and ``covariates``.
+    min_arm : int
+        Arms with fewer patients are listed but not compared.
+
+    Returns
+    -------
+    dict
+        ``arms`` [{arm, n, events, rate}], ``comparisons`` [{arm, reference, difference, ci,
+        adjusted_difference, adjusted_ci, adjusted_for, p_value, test, status}].
+    """
+    data = table[[treatment, outcome, *covariates]].dropna(subset=[treatment, outcome])
+    counts = data[treatment].astype(str).value_counts()
+    arms = [{"arm": a, "n": int(n), "events": int(data.loc[data[treatment].astype(str) == a, outcome].sum()),
+             "rate": float(data.loc[data[treatment].astype(str) == a, outcome].mean())}
+            for a, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if len(arms) < 2:
+        return {"status": "skipped", "reason": f"one treatment arm only ({[a['arm'] for a in arms]})", "arms": arms,
+                "comparisons": []}
+    reference = arms[0]["arm"]
+    comparisons = []
+    for a in arms[1:]:
+        if a["n"] < min_arm:
+            comparisons.append({"arm": a["arm"], "reference": reference, "status": "skipped",
+                                "reason": f"arm has {a['n']} patient(s) (< {min_arm})", "adjusted_for": []})
+            continue
+        sub = data[data[treatment].astype(str).isin([a["arm"], reference])].copy()
+        sub[treatment] = sub[treatment].astype(str)
+        usable = [c for c in covariates if sub[c].notna().all() and sub[c].nunique() > 1]
+        res = evaluate_efficacy(sub, treatment=treatment, outcome=outcome, covariates=usable or None,
+                                treated_value=a["arm"], control_value=reference, positive_outcome=1.0,
+                                outcome_kind="binary", n_bootstrap=n_bootstrap, random_state=random_state,
+                                per_patient=False).to_dict()
+        adj = res.get("adjusted") or {}
+        ok_adj = adj.get("status") in ("ok", "partial")
+        comparisons.append({"arm": a["arm"], "reference": reference, "status": res["status"],
+                            "reason": res.get("reason", ""), "difference": res["effect"], "ci": list(res["ci"]),
+                            "p_value": res["p_value"], "test": res["test"],
+                            "adjusted_difference": adj.get("effect") if ok_adj else None,
+                            "adjusted_ci": list(adj["ci"]) if ok_adj else None,
+                            "adjusted_for": usable if ok_adj else [],
+                            "adjustment": adj.get("reason") or adj.get("method", "")})
+    return {"status": "ok", "arms": arms, "comparisons": comparisons, "reference": reference}

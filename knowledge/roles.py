@@ -328,7 +328,7 @@ def apply_schema(table: pd.DataFrame, schema: CaseSchema, *, rename_identifier: 
                 out[c.name] = ev
             else:
                 out[c.name] = _numeric(values, tokens)
-        elif c.role == "time" or (c.type == "numeric" and c.role in ("predictor", "label")):
+        elif c.role == "time" or (c.type == "numeric" and c.role in ("predictor", "label", "post_baseline")):
             out[c.name] = _numeric(values, tokens).astype(float)
         elif c.role == "identifier":
             out[c.name] = values.astype(str)
