@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()

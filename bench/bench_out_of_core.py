@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "seconds": {k: round(v, 2) for k, v in sec.items()}, "threads": args.threads, "n_labels": res["n_labels"],
                "threshold": res["threshold"], "checks": checks}
         if not args.no_write:
-            merge_results([row])
+            merge_results([row], benchmark="bench_out_of_core")
         return row
     finally:
         if args.keep:

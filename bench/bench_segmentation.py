@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not args.no_write:
         from bench._results import merge_results
 
-        merge_results(summary)
+        merge_results(summary, benchmark="bench_segmentation")
     return rows
 
 
