@@ -14,8 +14,8 @@ Moran's I / Geary's C (MIRP ``no_approximation=True``), and per modality:
 * MR: no re-segmentation, FBN 32, IVH FBN 1000.
 
 Timing is end to end per ROI (read the image and mask files, extract; the ROI list is
-processed ``--rounds`` times per timed run), after one warm-up
-extraction per tool (and per worker process for MIRP). Two modes:
+processed ``--rounds`` times per timed run). Both tools get the same policy: one warm-up
+extraction (per worker process too), then ``--repeat`` timed runs, median reported. Two modes:
 ``sequential`` (one ROI after the other, one thread) and ``2 workers`` (medflow: a
 2-thread pool in one process; MIRP: a 2-process pool, since it is not thread-parallel).
 Features/s = feature values returned / wall time. ``ratio`` = medflow features/s over the
@@ -142,19 +142,21 @@ def time_sequential(fn, jobs, repeat: int) -> tuple[float, int, list]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="medflow repetitions (median); MIRP runs once")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per tool and mode (median), same for both")
     parser.add_argument("--rounds", type=int, default=2,
                         help="each timed run processes the ROI list this many times (amortises pool start-up)")
     args = parser.parse_args(argv)
+    from bench._common import skip
+
     try:
         import mirp  # noqa: F401, PLC0415
     except ImportError as exc:
-        raise SystemExit(f"MIRP is not installed ({exc}); install it with: pip install mirp==2.7.0") from exc
+        skip(f"MIRP is not installed ({exc}); scripts/bench-peers.sh installs mirp==2.7.0")
     _quiet()
     jobs = rois()
     for name, _m, img, msk in jobs:
         if not img.is_file() or not msk.is_file():
-            raise SystemExit(f"benchmark data missing for {name}: {img}")
+            skip(f"benchmark data missing for {name}: {img}")
     smallest = min(jobs, key=lambda j: j[2].stat().st_size)
     timed = jobs * args.rounds
 
@@ -171,14 +173,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         walls.append(time.perf_counter() - t0)
     mf_par = statistics.median(walls)
 
-    mi_seq, mi_n, mi_results = time_sequential(mirp_one, timed, 1)
+    mi_seq, mi_n, mi_results = time_sequential(mirp_one, timed, args.repeat)
     init = (smallest[1], str(smallest[2]), str(smallest[3]))
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, initializer=_mirp_worker_init,
                                                 initargs=init) as pool:
         list(pool.map(_mirp_worker_init, [init[0]] * 2, [init[1]] * 2, [init[2]] * 2))  # both workers started
-        t0 = time.perf_counter()
-        list(pool.map(mirp_one, [j[1] for j in timed], [j[2] for j in timed], [j[3] for j in timed]))
-        mi_par = time.perf_counter() - t0
+        walls = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            list(pool.map(mirp_one, [j[1] for j in timed], [j[2] for j in timed], [j[3] for j in timed]))
+            walls.append(time.perf_counter() - t0)
+        mi_par = statistics.median(walls)
 
     print(f"{len(jobs)} ROIs x {args.rounds} rounds; feature values per run: medflow {mf_n}, MIRP {mi_n}")
     print("agreement of a few features (relative difference medflow vs MIRP):")
@@ -205,10 +210,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         op = f"{OPERATION}_{mode}"
         common = {"operation": op, "mvoxel_per_s": None, "n_rois": len(timed), "workers": workers}
         rows.append({**common, "tool": "medflow", "features_per_s": mf_fps, "ratio": 1.0, "seconds": mf_wall,
-                     "n_features": mf_n, "repeat": args.repeat})
+                     "n_features": mf_n, "repeat": args.repeat, "warmup": 1, "processes": 1,
+                     "threads_per_process": workers, "max_rel_diff_vs_mirp": worst})
         rows.append({**common, "tool": "mirp-2.7.0", "features_per_s": mi_fps, "ratio": ratio, "seconds": mi_wall,
-                     "n_features": mi_n, "repeat": 1})
-    merge_results(rows)
+                     "n_features": mi_n, "repeat": args.repeat, "warmup": 1,
+                     "processes": workers, "threads_per_process": 1})
+    merge_results(rows, benchmark="bench_features",
+                  run_facts={"policy": f"1 warm-up extraction + {args.repeat} timed runs per tool and mode; median",
+                             "max_rel_diff_medflow_vs_mirp": worst})
     print("written to bench/results.json")
     return rows
 
