@@ -143,7 +143,6 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
 
     # ------------------------------------------------------------------ prediction
     primary = None
-    final_model = None
     selected: list[str] = []
     oof = None
     if y is None:
@@ -163,8 +162,12 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
                 continue
             res = prediction.nested_oof(sub[cols], ylab, groups, kind=classifier, outer_folds=outer_folds,
                                         inner_folds=inner_folds, random_state=random_state)
-            model, sel = prediction.fit_final(sub[cols], ylab, groups, kind=classifier, inner_folds=inner_folds,
+            if primary is None:  # the refit on every patient (for the tree, similarity and new patients)
+                _, sel = prediction.fit_final(sub[cols], ylab, groups, kind=classifier, inner_folds=inner_folds,
                                               random_state=random_state)
+            else:  # the features chosen in at least half of the outer folds
+                half = len(res.chosen_params) / 2
+                sel = [c for c in cols if res.selection_counts.get(c, 0) >= half]
             results[name] = res
             models[name] = {"status": "ok", **prediction.model_summary(
                 name, ylab, groups.tolist(), res, n_bootstrap=n_bootstrap, random_state=random_state, selected=sel)}

@@ -43,6 +43,7 @@ class _quiet:
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)  # f_classif on constant columns
 
     def __exit__(self, *exc: object) -> None:
         self._w.__exit__(*exc)

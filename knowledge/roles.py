@@ -277,8 +277,9 @@ def check_predictors(schema: CaseSchema, columns: list[str] | tuple[str, ...] | 
         base = col[5:].split("=", 1)[0] if col.startswith("clin:") else col
         declared = schema.role_of(base)
         derived_from = [c for c in schema.columns if c.derive is not None and c.derive.source == base]
+        source_of = f" and is the source of {derived_from[0].role} {derived_from[0].name!r}" if derived_from else ""
         if declared is not None and declared.role != "predictor":
-            bad.append(f"{col!r} is declared {declared.role!r}")
+            bad.append(f"{col!r} is declared {declared.role!r}{source_of}")
         elif derived_from:
             bad.append(f"{col!r} is the source of {derived_from[0].role} {derived_from[0].name!r}")
         elif declared is None and col.startswith("clin:"):
