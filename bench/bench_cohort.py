@@ -115,6 +115,12 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def stage_name(task_run_name: str | None) -> str:
+    """Task run name without Prefect's random suffix and without a pseudonymous volume/patient key."""
+    base = re.sub(r"-[0-9a-f]{3}$", "", task_run_name or "?")
+    return re.sub(r"-(R[A-Z0-9]{6,}v\d+|[PR][A-Z0-9]{6,})$", "", base)
+
+
 def flow_breakdown(prefect_db: pathlib.Path) -> dict[str, Any]:
     """Stage breakdown of the latest flow run (and its subflows) in a Prefect SQLite database.
 
@@ -149,7 +155,7 @@ def flow_breakdown(prefect_db: pathlib.Path) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {}
     intervals = []
     for name, state, start, end, run_time in tasks:
-        base = re.sub(r"-[0-9a-f]{3}$", "", name or "?")
+        base = stage_name(name)
         st = stages.setdefault(base, {"tasks": 0, "body_s": 0.0, "states": {}})
         st["tasks"] += 1
         st["states"][state] = st["states"].get(state, 0) + 1
