@@ -114,7 +114,9 @@ def analyse(features_long: pd.DataFrame | None, clinical: pd.DataFrame | None, s
     s_label = _label(params, stored_schema)
     results = knowledge.discover(stored, stored_schema, label=s_label, **kwargs)
     placed = knowledge.place_cases(table, stored, stored_schema, k_similar=params.k_similar, label=s_label,
-                                   random_state=params.random_state)
+                                   random_state=params.random_state, classifier=params.classifier,
+                                   outer_folds=params.outer_folds, inner_folds=params.inner_folds,
+                                   max_tree_depth=params.max_tree_depth)
     results.update(mode="placed", lang=params.lang, reference_patients=results.get("patients", {}),
                    patients=placed["patients"], placement={k: v for k, v in placed.items() if k != "patients"})
     return results, table

@@ -320,7 +320,7 @@ def cohort_section(results: dict[str, Any], *, lang: str) -> str:
                          "features": f"p = {_fmt(null.get('p_value'), 3)} ({null.get('n_permutations')} perm.)"})
         parts.append(_table(rows))
         verdict = _lang_text(pred.get("verdict"), lang)
-        if verdict:
+        if verdict and verdict not in _summary(results, "prediction", lang):
             parts.append(f"<p class='verdict'>{_esc(verdict)}</p>")
         parts.append("<div class='figs'>" + _img(roc_png(pred), "ROC curves", "roc")
                      + _img(calibration_png(pred), "calibration", "calibration") + "</div>")
@@ -342,7 +342,6 @@ def cohort_section(results: dict[str, Any], *, lang: str) -> str:
 
     tree = results.get("tree") or {}
     parts.append(f"<h3>{_esc(t('tree', lang))}</h3>")
-    parts.append(_summary(results, "tree", lang))
     parts.append(_block_status(tree))
     if tree.get("nodes"):
         parts.append("<div class='figs'>" + _img(tree_png(tree), "decision tree", "tree") + "</div>")
