@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             mv = n / sec / 1e6
             row = {"operation": op, "tool": tool, "mvoxel_per_s": round(mv, 2), "ratio": round(med / mv, 3),
                    "seconds": round(sec, 4), "n_voxels": int(n), "shape": list(shape),
-                   "threads": THREADS if tool == "medflow" else (1 if tool in ("scipy", "skimage", "numpy") else os.cpu_count())}
+                   "processes": 1, "threads": THREADS if tool in ("medflow", "dask_image") else (1 if tool in ("scipy", "skimage", "numpy") else os.cpu_count())}
             if extra and tool == "medflow":
                 row.update(extra)
             rows.append(row)
