@@ -79,6 +79,8 @@ def tree_rules(tree: Any, X: pd.DataFrame, y: np.ndarray, *, class_names: dict[A
         walk(int(t.children_right[node]), [*conds, {"feature": names[j], "op": ">", "threshold": thr, "text": text}])
 
     walk(0, [])
+    for r in rules:
+        r["conditions"] = simplify(r["conditions"])
     text = {lang: [rule_text(r, lang) for r in rules] for lang in ("en", "zh")}
     parsed = [parse_rule(line) for line in text["en"]]
     by_class = {r["class"]: r["value"] for r in rules}
@@ -89,6 +91,22 @@ def tree_rules(tree: Any, X: pd.DataFrame, y: np.ndarray, *, class_names: dict[A
     return {"status": "ok", "nodes": nodes, "rules": rules, "text": text,
             "fidelity": float(reproduced.mean()) if len(reproduced) else math.nan,
             "accuracy": float(np.mean(pred == y)) if len(y) else math.nan}
+
+
+def simplify(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the tightest bound per feature and direction (``x > 1 AND x > 2`` -> ``x > 2``), in path order."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in conditions:
+        key = (c["feature"], c["op"])
+        old = best.get(key)
+        if old is None or (c["threshold"] > old["threshold"] if c["op"] == ">" else c["threshold"] < old["threshold"]):
+            best[key] = c
+    seen: list[tuple[str, str]] = []
+    for c in conditions:
+        key = (c["feature"], c["op"])
+        if key not in seen:
+            seen.append(key)
+    return [best[k] for k in seen]
 
 
 def _py(v: Any) -> Any:
