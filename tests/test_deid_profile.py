@@ -278,11 +278,20 @@ def test_deid_attributes_and_cid7050_codes(base):
     ("Z/D", "SEG", "ContentDate", "D"),           # Multi-frame Functional Groups: Type 1
     ("Z/D", "CT", "ContentDate", "Z"),
     ("Z/D", None, "PatientID", "Z"),
-    ("X/Z/U*", "CT", "ReferencedImageSequence", "U*"),
+    ("X/Z/U*", "CT", "ReferencedImageSequence", "X"),  # General Reference: Type 3 at top level
+    ("X/D", "ENHANCED_PET", "SeriesDate", "X"),   # Enhanced PET Series: Type 3
+    ("X/Z", "ENHANCED_MR", "AcquisitionContextSequence", "Z"),  # Acquisition Context: Type 2
+    ("X/Z/D", "SEG", "AcquisitionDateTime", "X"),  # General Acquisition (optional): Type 3
     ("X", "CT", "PatientAddress", "X"),
 ])
 def test_combined_action_resolution(action, iod, tag, expected):
     assert resolve(action, int(Tag(tag)), iod) == expected
+
+
+def test_nested_reference_sequences_keep_remapped_uids():
+    # inside an item (e.g. the SEG Derivation Image functional group) X/Z/U* keeps the references
+    assert resolve("X/Z/U*", int(Tag("SourceImageSequence")), "SEG", nested=True) == "U*"
+    assert resolve("X/Z/U*", int(Tag("SourceImageSequence")), "SEG") == "X"
 
 
 def test_resolution_applied_to_pet_and_rtstruct(shared_data):

@@ -241,14 +241,14 @@ def _clean(ds: Dataset, elem: DataElement, rule: Rule, ctx: _Ctx, depth: int) ->
     return False
 
 
-def _effective_action(rule: Rule, ctx: _Ctx, tag: int) -> str:
+def _effective_action(rule: Rule, ctx: _Ctx, tag: int, depth: int) -> str:
     opt_actions = [rule.options[col] for col, fld in OPTION_COLUMNS.items()
                    if col in rule.options and getattr(ctx.options, fld)]
     if "K" in opt_actions:
         return "K"
     if "C" in opt_actions:
         return "C"
-    return resolve(rule.basic, tag, ctx.iod)
+    return resolve(rule.basic, tag, ctx.iod, nested=depth > 0)
 
 
 def _apply(ds: Dataset, elem: DataElement, action: str, rule: Rule, ctx: _Ctx, depth: int) -> None:
@@ -256,7 +256,7 @@ def _apply(ds: Dataset, elem: DataElement, action: str, rule: Rule, ctx: _Ctx, d
     if action == "C":
         if _clean(ds, elem, rule, ctx, depth):
             return
-        action = resolve(rule.basic, int(tag), ctx.iod)
+        action = resolve(rule.basic, int(tag), ctx.iod, nested=depth > 0)
     if action == "K":
         if elem.VR == "SQ":
             for item in elem.value:
@@ -385,7 +385,7 @@ def _process(ds: Dataset, ctx: _Ctx, depth: int) -> None:
             elif not ctx.options.retain_unlisted_text:
                 _clean_unlisted(ds, elem, ctx, known_code)
             continue
-        _apply(ds, elem, _effective_action(rule, ctx, t), rule, ctx, depth)
+        _apply(ds, elem, _effective_action(rule, ctx, t, depth), rule, ctx, depth)
     for t in creator_tags:
         if t not in kept_creators:
             del ds[t]
