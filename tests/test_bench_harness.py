@@ -170,3 +170,12 @@ def test_stage_names_drop_run_suffix_and_keys():
     assert bench_cohort.stage_name("volume-chain-R5RKE56IYMWv0") == "volume-chain"
     assert bench_cohort.stage_name("collect-study-P3JHGZKNFBR") == "collect-study"
     assert bench_cohort.stage_name("report") == "report"
+
+
+def test_cohort_without_data_skips_with_reason(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_cohort", "--data", str(tmp_path / "absent")],
+                          capture_output=True, text=True, cwd=str(bench_cohort.REPO), timeout=120)
+    assert proc.returncode == _common.SKIP_EXIT
+    assert "SKIPPED: cohort data not found" in proc.stdout
