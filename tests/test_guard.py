@@ -563,9 +563,20 @@ def test_worker_killed_mid_task_is_reported_and_replaced(tmp_path, sig, reason):
 
             kids = [c for c in multiprocessing.active_children() if c.name == "medflow-guard-worker"]
             if kids:
-                time.sleep(0.3)  # let it pick up the hanging task
-                os.kill(kids[0].pid, sig)  # the worker this test started, by its id
-                killed.append(kids[0].pid)
+                # let it finish start-up and block on the FIFO (the hanging task): a worker killed during
+                # start-up is a start-up failure, a different case (tests/test_fault_injection.py)
+                pid, t_wait = kids[0].pid, time.monotonic() + 10
+                while time.monotonic() < t_wait:
+                    try:
+                        wchan = pathlib.Path(f"/proc/{pid}/wchan").read_text()
+                    except OSError:
+                        wchan = ""
+                    if "fifo" in wchan or "partner" in wchan:
+                        break
+                    time.sleep(0.05)
+                time.sleep(0.3)
+                os.kill(pid, sig)  # the worker this test started, by its id
+                killed.append(pid)
                 return
             time.sleep(0.02)
 

@@ -17,7 +17,7 @@ from storage.dicom.model import ConvertedMask, ConvertedVolume, Rejection
 if TYPE_CHECKING:  # pragma: no cover
     from storage.dicom.guard import GuardLimits
 
-__all__ = ["CollectionResult", "collect_folder"]
+__all__ = ["CollectionResult", "collect_folder", "collect_files"]
 
 
 @dataclass
@@ -36,17 +36,24 @@ class CollectionResult:
     n_files: int = 0
 
 
-def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024**3, pet_units: str = "as_stored",
+def collect_folder(root: str | pathlib.Path, **options: Any) -> CollectionResult:
+    """Every file under ``root`` (any depth, any names) through :func:`collect_files`."""
+    from storage.dicom.scan import iter_files
+
+    return collect_files(list(iter_files(root)), **options)
+
+
+def collect_files(paths: list[pathlib.Path], *, max_pixel_bytes: int = 2 * 1024**3, pet_units: str = "as_stored",
                    guard_limits: GuardLimits | None = None, guard_workers: int = 2,
                    apply_magnification: bool = True, seg_fractional_threshold: float = 0.5,
                    rtstruct_slice_tolerance: float = 0.1,
                    refuse: Callable[[Any], str | None] | None = None) -> CollectionResult:
-    """scan -> (guard) -> group -> convert images -> rasterise RTSTRUCT / SEG.
+    """read once (hash, guard, parse) -> group -> convert images -> rasterise RTSTRUCT / SEG.
 
     Parameters
     ----------
-    root : path
-        Folder scanned recursively (any depth, any file names); files are opened read-only.
+    paths : list of path
+        Files to collect (opened read-only; each is read once, see :mod:`storage.dicom.ingest`).
     max_pixel_bytes : int
         Cap on one object's decoded pixel bytes (checked from the header before decoding).
     pet_units : {"as_stored", "suvbw"}
@@ -66,31 +73,25 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
         off-slice in the mask's ``meta`` (still filled on the nearest slice).
 
     Never raises for a bad file: problems are in ``rejections``.
+
+    Raises
+    ------
+    IngestBugError
+        When medflow's own code fails (a bug, not a data defect) or the decode workers
+        cannot start.
     """
     import pydicom
 
     from storage.dicom.bugs import file_handle, raise_if_bug
     from storage.dicom.convert import convert_series
+    from storage.dicom.ingest import read_files
     from storage.dicom.rtstruct import rasterise_rtstruct
-    from storage.dicom.scan import scan
     from storage.dicom.series import group_series
 
     result = CollectionResult()
-    entries, rejections = scan(root)
-    result.n_files = len(entries) + len(rejections)
+    entries, rejections = read_files(list(paths), limits=guard_limits, guard_workers=guard_workers)
+    result.n_files = len(paths)
     result.rejections.extend(rejections)
-    if guard_limits is not None and entries:
-        from storage.dicom.guard import guard_files
-
-        verdicts = guard_files([e.path for e in entries], limits=guard_limits, workers=guard_workers)
-        kept = []
-        for e in entries:
-            rej = verdicts.get(e.path)
-            if rej is None:
-                kept.append(e)
-            else:
-                result.rejections.append(rej)
-        entries = kept
     if refuse is not None:  # policy hook, e.g. burned-in annotation risk (de-identification boundary)
         allowed = []
         for e in entries:
@@ -115,7 +116,7 @@ def collect_folder(root: str | pathlib.Path, *, max_pixel_bytes: int = 2 * 1024*
         if g.object_kind in ("rtstruct", "seg"):
             for e in g.files:
                 try:
-                    ds = pydicom.dcmread(e.path, force=True)
+                    ds = e.dataset if e.full else pydicom.dcmread(e.path, force=True)
                 except Exception as exc:  # noqa: BLE001
                     raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
                     result.rejections.append(Rejection(e.sha256, "unreadable_file", "the file could not be read in full",

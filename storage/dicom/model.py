@@ -21,12 +21,18 @@ VolumeKind = Literal["3d", "4d", "2d", "2d+t"]
 
 @dataclass
 class FileEntry:
-    """One DICOM file read header-only (``stop_before_pixels=True``)."""
+    """One DICOM file: its header (``stop_before_pixels=True``) or, with ``full``, the whole data set.
+
+    ``full`` means ``dataset`` was parsed from the file's bytes read once
+    (:func:`storage.dicom.ingest.read_once`), pixel data included: the converter uses it
+    as is instead of reading the file again.
+    """
 
     path: pathlib.Path
     sha256: str
-    dataset: Any  # pydicom.Dataset without pixel data (PHI: never leaves storage)
+    dataset: Any  # pydicom.Dataset (PHI: never leaves storage)
     object_kind: ObjectKind = "image"
+    full: bool = False
 
 
 @dataclass

@@ -92,14 +92,20 @@ def read_full(path: str | os.PathLike[str], *, defer_size: str | int | None = "1
     (implicit/explicit VR, little/big endian) so the pixels can be decoded.
     """
     import pydicom
-    from pydicom.dataset import FileMetaDataset
     from pydicom.errors import InvalidDicomError
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         ds = pydicom.dcmread(path, defer_size=defer_size)
     except InvalidDicomError:
         ds = pydicom.dcmread(path, defer_size=defer_size, force=True)
+    return ensure_transfer_syntax(ds)
+
+
+def ensure_transfer_syntax(ds):
+    """Record the syntax pydicom detected in ``file_meta`` when the file declared none (in place)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
         if meta is None:

@@ -155,6 +155,8 @@ class _Decoded:
 
 
 def _load(entry: FileEntry, rejections: list[Rejection]):
+    if entry.full:  # parsed once from the file's bytes by the ingest (pixel data included)
+        return entry.dataset
     try:
         return read_full(entry.path)
     except Exception as exc:  # noqa: BLE001

@@ -87,7 +87,8 @@ from storage.dicom.guard.structure import _read_meta, _Structure, _walk, _walk_c
 from storage.dicom.guard.workers import _decode_sample, _decode_tasks, _mp_context, _run_bounded, _Worker  # noqa: F401
 from storage.dicom.model import Rejection
 
-__all__ = ["REASON_CODES", "GuardLimits", "guard_file", "guard_files", "inspect_file", "FileInspection"]
+__all__ = ["REASON_CODES", "GuardLimits", "guard_file", "guard_files", "inspect_file", "FileInspection",
+           "finish_inspections"]
 
 
 
@@ -131,6 +132,21 @@ def guard_files(paths: Iterable[str | os.PathLike[str]], *, limits: GuardLimits,
     keys = list(dict.fromkeys(paths))  # a path given twice is one file, not a duplicate instance
     known = sha256s or {}
     inspections = [inspect_file(p, limits=limits, sha256=known.get(p) or None) for p in keys]
+    finish_inspections(inspections, limits=limits, workers=workers)
+    return {key: insp.rejection for key, insp in zip(keys, inspections, strict=True)}
+
+
+def finish_inspections(inspections: list[FileInspection], *, limits: GuardLimits, workers: int = 2) -> None:
+    """The across-file part of the guard, on in-process inspections (:func:`inspect_file`).
+
+    Sample-decodes compressed files in bounded workers and marks duplicate SOP Instance
+    UIDs; sets ``rejection`` on the inspections concerned (in place).
+
+    Raises
+    ------
+    IngestBugError
+        When the decode workers cannot start or medflow's decode code fails (not the data).
+    """
     outcomes = _run_bounded(_decode_tasks(inspections, limits), limits=limits, workers=workers)
     for i, res in outcomes.items():
         if res is not None and res.get("bug"):
@@ -142,7 +158,6 @@ def guard_files(paths: Iterable[str | os.PathLike[str]], *, limits: GuardLimits,
             insp.rejection = Rejection(sha256=insp.sha256 or "", reason=res["reason"], detail=res["detail"],
                                        exception_type=res.get("exception_type"), size=insp.size)
     _mark_duplicates(inspections)
-    return {key: insp.rejection for key, insp in zip(keys, inspections, strict=True)}
 
 
 def _pixel_digest(insp: FileInspection) -> str:

@@ -79,14 +79,16 @@ def _hash_and_load(path: pathlib.Path, size: int, limits: GuardLimits) -> tuple[
     return h.hexdigest(), data
 
 
-def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: str | None = None) -> FileInspection:
+def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: str | None = None,
+                 data: bytes | None = None) -> FileInspection:
     """Run every in-process check on one file; never raises for a bad file.
 
     Returns a :class:`FileInspection` whose ``rejection`` is set when the file must be
     quarantined, and whose ``needs_decode`` says a compressed sample must still be
     decoded in a bounded worker (see :func:`guard_files`). With ``sha256`` (the file's
     digest, already computed by the scan) the file is not hashed again and only its
-    element headers are read.
+    element headers are read. With ``data`` (the file's bytes, already read once by the
+    caller) nothing is read from disk: the checks run on those bytes.
     """
     if not isinstance(limits, GuardLimits):
         raise TypeError(f"limits must be a GuardLimits, got {type(limits).__name__}")
@@ -96,9 +98,10 @@ def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: s
     p = pathlib.Path(path)
     sha: str | None = sha256
     size = 0
+    if data is not None and sha is None:
+        sha = hashlib.sha256(data).hexdigest()
     try:
-        st = p.stat()
-        size = st.st_size
+        size = len(data) if data is not None else p.stat().st_size
         if size == 0:
             return FileInspection(p, hashlib.sha256(b"").hexdigest(), 0,
                                   _rejection(hashlib.sha256(b"").hexdigest(), 0,
@@ -106,10 +109,10 @@ def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: s
         if size > limits.max_file_bytes:
             sha = sha or _stream_sha256(p)
             raise _Reject("file_too_large", f"file of {size} bytes exceeds the maximum of {limits.max_file_bytes}")
-        if sha is None:
-            sha, data = _hash_and_load(p, size, limits)
-        else:
-            data = None  # digest known: parse headers straight from the file
+        if data is None:
+            if sha is None:
+                sha, data = _hash_and_load(p, size, limits)
+            # else: digest known, parse headers straight from the file
         if data is not None:
             size = len(data)
             insp = FileInspection(p, sha, size)

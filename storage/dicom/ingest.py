@@ -1,0 +1,195 @@
+"""Read each file once: digest, guard, header scan and the full parse all come from the same bytes.
+
+The historical path read a file four times (scan hashed it, then parsed its header; the
+guard hashed it again and walked it; the converter parsed it in full). Here a file of
+at most ``in_memory_bytes`` is read into memory once and
+
+1. hashed (SHA-256, the key of quarantine records and of the per-unit cache);
+2. checked by the guard's in-process inspection on those bytes
+   (:func:`storage.dicom.guard.inspect_file` with ``data=``): damaged or hostile files are
+   rejected *before* pydicom sees them;
+3. parsed by pydicom once, in full (pixel data included, from memory), classified, and
+   handed to grouping and conversion as a :class:`~storage.dicom.model.FileEntry` with
+   ``full=True`` (the converter does not read the file again).
+
+Larger files take the streaming path (hash while reading, guard from the open file,
+header-only parse; the converter reads the pixels later), so memory stays bounded by
+``in_memory_bytes`` per file plus what one unit (see :mod:`storage.collect`) holds.
+
+Reason codes are the scan's and the guard's (``not_dicom``, ``unreadable_header``,
+``unreadable_file``, ``dicomdir`` and :data:`storage.dicom.guard.REASON_CODES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pathlib
+from dataclasses import dataclass
+
+from storage.dicom.bugs import file_handle, raise_if_bug
+from storage.dicom.guard import FileInspection, GuardLimits, finish_inspections, inspect_file
+from storage.dicom.guard.common import _silenced
+from storage.dicom.model import FileEntry, Rejection
+from storage.dicom.scan import _MEDIA_DIRECTORY, classify, read_header, sha256_file
+
+__all__ = ["ReadResult", "read_once", "read_files", "IN_MEMORY_BYTES"]
+
+#: Files up to this size are read into memory once when no guard limits say otherwise.
+IN_MEMORY_BYTES = 64 << 20
+
+
+@dataclass
+class ReadResult:
+    """One file after its single read: an entry to convert, or a rejection."""
+
+    entry: FileEntry | None
+    rejection: Rejection | None
+    inspection: FileInspection | None = None
+
+
+def _is_probably_dicom(head: bytes) -> bool:
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    return head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x08", b"\x00\x02")
+
+
+def _parse(data: bytes):
+    """Full pydicom parse from memory; preamble-less data sets as :func:`storage.dicom.scan.read_header`."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "SOPClassUID" not in ds and not ("Rows" in ds and "Columns" in ds):
+            raise
+        return ds
+
+
+def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> ReadResult:
+    """Read, hash, guard and parse one file (see the module docstring); never raises for a bad file.
+
+    Parameters
+    ----------
+    path : path-like
+        Opened read-only.
+    limits : GuardLimits or None
+        The guard's limits; ``None`` skips the guard (trusted input).
+
+    Raises
+    ------
+    IngestBugError
+        When medflow's own code fails on the file (not a data defect).
+    """
+    from storage.dicom.pixels import ensure_transfer_syntax
+
+    p = pathlib.Path(path)
+    cap = limits.in_memory_bytes if limits is not None else IN_MEMORY_BYTES
+    try:
+        size = p.stat().st_size
+        if size > cap:
+            return _read_streaming(p, size, limits)
+        with open(p, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return ReadResult(None, Rejection("", "unreadable_file", "file could not be read", type(exc).__name__))
+    digest = hashlib.sha256(data).hexdigest()
+    size = len(data)
+    insp = None
+    if limits is not None:
+        insp = inspect_file(p, limits=limits, sha256=digest, data=data)
+        if insp.rejection is not None:
+            return ReadResult(None, insp.rejection, insp)
+    if not _is_probably_dicom(data[:132]):
+        return ReadResult(None, Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element",
+                                          size=size))
+    try:
+        with _silenced():
+            ds = _parse(data)
+    except RecursionError as exc:
+        return ReadResult(None, Rejection(digest, "unreadable_header", "header nested too deeply",
+                                          type(exc).__name__, size=size))
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a rejection; a medflow bug is not
+        raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
+        reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
+        return ReadResult(None, Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__,
+                                          size=size))
+    del data  # the dataset holds what it needs
+    try:
+        kind = classify(ds)
+        is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
+        ensure_transfer_syntax(ds)
+    except Exception as exc:  # noqa: BLE001
+        raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
+        return ReadResult(None, Rejection(digest, "unreadable_header", "header elements could not be decoded",
+                                          type(exc).__name__, size=size))
+    if is_dir:
+        return ReadResult(None, Rejection(digest, "dicomdir", "DICOMDIR index file (no image)", size=size))
+    return ReadResult(FileEntry(path=p, sha256=digest, dataset=ds, object_kind=kind, full=True), None, insp)
+
+
+def _read_streaming(p: pathlib.Path, size: int, limits: GuardLimits | None) -> ReadResult:
+    """Large files: hash while streaming, guard from the open file, header-only parse."""
+    try:
+        digest = sha256_file(p)
+    except OSError as exc:
+        return ReadResult(None, Rejection("", "unreadable_file", "file could not be read", type(exc).__name__))
+    insp = None
+    if limits is not None:
+        insp = inspect_file(p, limits=limits, sha256=digest)
+        if insp.rejection is not None:
+            return ReadResult(None, insp.rejection, insp)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        return ReadResult(None, Rejection(digest, "unreadable_file", "file could not be read", type(exc).__name__))
+    if not _is_probably_dicom(head):
+        return ReadResult(None, Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element",
+                                          size=size))
+    try:
+        with _silenced():
+            ds = read_header(p)
+    except RecursionError as exc:
+        return ReadResult(None, Rejection(digest, "unreadable_header", "header nested too deeply",
+                                          type(exc).__name__, size=size))
+    except Exception as exc:  # noqa: BLE001
+        raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
+        reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
+        return ReadResult(None, Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__,
+                                          size=size))
+    try:
+        kind = classify(ds)
+        is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
+    except Exception as exc:  # noqa: BLE001
+        raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
+        return ReadResult(None, Rejection(digest, "unreadable_header", "header elements could not be decoded",
+                                          type(exc).__name__, size=size))
+    if is_dir:
+        return ReadResult(None, Rejection(digest, "dicomdir", "DICOMDIR index file (no image)", size=size))
+    return ReadResult(FileEntry(path=p, sha256=digest, dataset=ds, object_kind=kind, full=False), None, insp)
+
+
+def read_files(paths: list[pathlib.Path], *, limits: GuardLimits | None,
+               guard_workers: int = 2) -> tuple[list[FileEntry], list[Rejection]]:
+    """:func:`read_once` on every file, then the guard's across-file checks.
+
+    Returns the entries to group and convert (in ``paths`` order) and the rejections.
+    Compressed files that passed the in-process checks are sample-decoded in bounded
+    workers and duplicate SOP Instance UIDs are resolved (:func:`finish_inspections`).
+    """
+    results = [read_once(p, limits=limits) for p in paths]
+    rejections = [r.rejection for r in results if r.rejection is not None]
+    if limits is not None:
+        passed = [r for r in results if r.entry is not None and r.inspection is not None]
+        finish_inspections([r.inspection for r in passed], limits=limits, workers=guard_workers)
+        for r in passed:
+            if r.inspection.rejection is not None:
+                rejections.append(r.inspection.rejection)
+                r.entry = None
+    return [r.entry for r in results if r.entry is not None], rejections
