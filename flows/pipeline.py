@@ -7,21 +7,28 @@ or from Python: ``pipeline(PipelineConfig(source=..., workspace=...))``.
 Tasks pass small references (workspace-relative URI + content digest), never arrays or
 DICOM headers; each caches on the content of its inputs, its parameters and its
 stage's code version, with its cache record in ``WORKSPACE/results``.
+
+Each 3-D volume is one Prefect task (:func:`tasks.chain.volume_chain`: preprocess ->
+segment -> features, each a content-keyed step with its own artifact folder and cache
+check). Independent volumes run concurrently: on a ``ThreadPoolTaskRunner`` sized so that
+chains x dask threads <= cores, or -- with ``compute.dask_scheduler_address`` -- on that
+``dask.distributed`` cluster through ``prefect_dask.DaskTaskRunner``.
 """
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from medflow.config import PipelineConfig
 from storage.workspace import Workspace, write_text_atomic
-from tasks.analysis import features as features_task
+from tasks.chain import local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
 from tasks.discovery import discover
-from tasks.preprocessing import fuse, preprocess
-from tasks.processing import segment
+from tasks.preprocessing import fuse
 from tasks.report import report as report_task
 
 #: Optional callable(task_name, state_name) told about every task as it finishes (the CLI's progress line).
@@ -33,7 +40,8 @@ class _Runner:
 
     def __init__(self, ws: Workspace):
         self.ws = ws
-        self.tally: list[dict[str, str]] = []
+        self.tally: list[dict[str, Any]] = []
+        self.prefect_tasks = 0  # volume-chain task runs (their steps are in the tally)
         self._tasks: dict[str, Any] = {}
 
     def __call__(self, task: Any, *args: Any, **kwargs: Any) -> Any:
@@ -47,9 +55,61 @@ class _Runner:
             PROGRESS_HOOK(task.name, state.name)
         return state.result()
 
+    def add_steps(self, steps: list[dict[str, Any]]) -> None:
+        """Record the content-keyed steps run inside one task (a volume chain)."""
+        self.prefect_tasks += 1
+        for s in steps:
+            self.tally.append({**s, "inside": "volume-chain"})
+            if PROGRESS_HOOK is not None:
+                PROGRESS_HOOK(s["task"], s["state"])
+
     def summary(self) -> dict[str, Any]:
+        """``tasks`` counts cache units (Prefect tasks and the steps inside volume chains); ``prefect_tasks``
+        the Prefect task runs."""
         cached = sum(1 for t in self.tally if t["state"] == "Cached")
-        return {"tasks": len(self.tally), "cached": cached, "ran": len(self.tally) - cached, "detail": self.tally}
+        outer = sum(1 for t in self.tally if "inside" not in t)
+        return {"tasks": len(self.tally), "cached": cached, "ran": len(self.tally) - cached,
+                "prefect_tasks": outer + self.prefect_tasks, "detail": self.tally}
+
+
+def _volume_runner(config: PipelineConfig, n_volumes: int) -> tuple[Any, Any]:
+    """The task runner for the volume chains and the compute settings each chain gets.
+
+    With ``compute.dask_scheduler_address``: ``prefect_dask.DaskTaskRunner`` on that scheduler; a chain
+    occupies one worker thread and runs its own dask work on ``dask_threads`` (default 1) local threads
+    of that worker (a nested client inside a worker task could deadlock the worker's thread pool).
+    Otherwise a ``ThreadPoolTaskRunner`` of :func:`tasks.chain.local_plan` chains, each with its share
+    of the cores as dask threads. ``compute`` never enters a cache key: results are the same either way.
+    """
+    compute = config.compute
+    if compute.dask_scheduler_address:
+        from prefect_dask import DaskTaskRunner
+
+        return (DaskTaskRunner(address=compute.dask_scheduler_address),
+                compute.model_copy(update={"dask_scheduler_address": None, "dask_threads": compute.dask_threads or 1}))
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    chains, threads = local_plan(compute, n_volumes)
+    return ThreadPoolTaskRunner(max_workers=chains), compute.model_copy(update={"dask_threads": threads})
+
+
+@contextlib.contextmanager
+def _api_for_workers(remote: bool) -> Iterator[None]:
+    """Let task runs on remote dask workers report to this flow's Prefect API.
+
+    On the ephemeral API (no ``PREFECT_API_URL``) a worker process would start an API server of its
+    own; the URL of the one this flow uses is put into the settings that ``DaskTaskRunner`` ships
+    with each task.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if not remote or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with temporary_settings({PREFECT_API_URL: str(get_client().api_url)}):
+        yield
 
 
 def _register(ws: Workspace, config: PipelineConfig, coll: Any, outputs: dict[str, Any]) -> None:
@@ -106,22 +166,26 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     masks_by_volume: dict[str, list] = {}
     for m in coll.masks:
         masks_by_volume.setdefault(m.meta["volume_key"], []).append(m)
-    pre_out, proc_out, feat_out = [], [], []
+    volumes = []
     for vol in coll.volumes:
         if vol.meta.get("kind") != "3d":
             logger.info("volume %s is %s: collected and exported, not analysed as 3-D", vol.meta["volume_key"],
                         vol.meta.get("kind"))
             continue
-        ref_masks = masks_by_volume.get(vol.meta["volume_key"], [])
-        pre = run(preprocess, workspace, vol, ref_masks, config.preprocessing, config.compute)
-        proc = None
-        if not ref_masks or config.processing.segment_when_reference_exists or config.processing.filters:
-            proc = run(segment, workspace, pre.volume, pre.masks, config.processing, config.compute)
-        rois = list(pre.masks) + (list(proc.auto_masks) if proc and config.analysis.include_auto_masks else [])
-        feats = run(features_task, workspace, pre.volume, rois, config.analysis, list(proc.responses) if proc else [])
-        pre_out.append(pre)
-        proc_out.append(proc)
-        feat_out.append(feats)
+        volumes.append(vol)
+    pre_out, proc_out, feat_out = [], [], []
+    runner, compute = _volume_runner(config, len(volumes))
+    with _api_for_workers(bool(config.compute.dask_scheduler_address)), runner:
+        futures = [runner.submit(volume_chain, parameters={
+            "workspace": workspace, "volume": vol, "masks": masks_by_volume.get(vol.meta["volume_key"], []),
+            "preprocessing": config.preprocessing, "processing": config.processing, "analysis": config.analysis,
+            "compute": compute}) for vol in volumes]
+        for fut in futures:  # collected in submission order: the same outputs whatever finished first
+            out = fut.result()
+            run.add_steps(out.steps)
+            pre_out.append(out.pre)
+            proc_out.append(out.proc)
+            feat_out.append(out.feats)
 
     fusions = []
     if config.fusion.enabled:
@@ -142,8 +206,9 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
               [f.transform for f in fusions], [p.detections for p in proc_out if p and p.detections])
 
     latest = ws.reports / "report.html"
+    collected = {v.uri for v in coll.volumes}  # a preprocessing step that applied nothing hands these on
     write_text_atomic(latest, ws.resolve(rep.html).read_text())
-    _register(ws, config, coll, {"preprocessing": [p.volume for p in pre_out], "analysis": [f.features for f in feat_out],
+    _register(ws, config, coll, {"preprocessing": [p.volume for p in pre_out if p.volume.uri not in collected], "analysis": [f.features for f in feat_out],
                                  "discovery": [disc.results, *disc.models], "report": [rep.html, rep.features]})
     summary = {
         "workspace": str(ws.root),

@@ -217,7 +217,13 @@ class ComputeConfig(_Model):
 
     dask_scheduler_address: str | None = Field(
         None, description="A dask.distributed scheduler (tcp://host:8786); null uses the local threaded scheduler.")
-    dask_threads: int | None = Field(None, ge=1, description="Threads for the local scheduler (default: all cores).")
+    dask_threads: int | None = Field(
+        None, ge=1, description="Dask threads inside each volume chain (default: the cores divided among the "
+                                "concurrent chains).")
+    concurrent_volumes: int | None = Field(
+        None, ge=1, description="Volume chains run at once on this machine (default: cores // 2, at least 1; "
+                                "measured on 2 cores: see README 'Concurrency'). Ignored on a dask scheduler, "
+                                "whose workers set the concurrency.")
     memory_budget_bytes: int = Field(
         4 * 1024**3, gt=0, description="Connected-component labelling whose working memory would exceed this "
                                        "runs chunk by chunk with a merge across chunk faces.")

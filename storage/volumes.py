@@ -2,7 +2,7 @@
 
 One artifact folder holds one Zarr group::
 
-    <artifact>/volume.zarr/      zarr.json + array "data" (chunked, blosc-lz4)
+    <artifact>/volume.zarr/      zarr.json + array "data" (chunked; codec per :func:`codec_for`)
     <artifact>/.medflow-manifest.json
 
 The group attributes carry the geometry (``affine`` to LPS mm, ``spacing`` in mm
@@ -52,6 +52,43 @@ def choose_chunks(shape: tuple[int, ...], itemsize: int, *, target_mb: float = 3
     return tuple(chunks) + tuple(shape[-2:])
 
 
+def codec_for(dtype: np.dtype) -> BloscCodec:
+    """Blosc codec suited to the data (FIELD-NOTES, Zarr v3 codecs measured on this machine).
+
+    Integers and masks: zstd level 1 with bit-shuffle (int16 CT/MR of the sts cohort: 1.95x against
+    1.70x for lz4 + byte shuffle, at the same write time; bool masks pack to bits). Floats: lz4 with
+    byte shuffle (float32 gains little from zstd and lz4 writes about twice as fast).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biu":
+        return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
+def choose_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int, *,
+                  target_mb: float = 32.0, max_chunks: int = 16) -> tuple[int, ...] | None:
+    """Zarr v3 shards when the chunk grid would leave many small chunk files, else None.
+
+    Chunks follow the access pattern (whole planes); a 4-D series of small frames would
+    otherwise write one small file per frame. Shards group chunks along the leading axes
+    into files of about ``target_mb`` MiB.
+    """
+    n_chunks = math.prod(-(-s // c) for s, c in zip(shape, chunks, strict=True))
+    chunk_bytes = math.prod(chunks) * itemsize
+    if n_chunks <= max_chunks or chunk_bytes >= target_mb * 1024**2 / 4:
+        return None
+    shards = list(chunks)
+    budget = max(1, int(target_mb * 1024**2 // chunk_bytes))  # chunks per shard
+    for axis in range(len(shape)):
+        if budget <= 1:
+            break
+        n_axis = -(-shape[axis] // chunks[axis])
+        take = min(n_axis, budget)
+        shards[axis] = chunks[axis] * take
+        budget //= take
+    return tuple(shards) if tuple(shards) != tuple(chunks) else None
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -87,13 +124,13 @@ def write_array(folder: pathlib.Path, array: np.ndarray | da.Array, *, affine: n
         group = zarr.open_group(str(stage / STORE_NAME), mode="w", zarr_format=3)
         group.attrs.update(meta)
         fill = False if dtype == np.bool_ else 0
+        shards = choose_shards(tuple(array.shape), chunks, dtype.itemsize, target_mb=chunk_mb)
         z = group.create_array(
-            ARRAY_NAME, shape=array.shape, chunks=chunks, dtype=dtype, fill_value=fill,
-            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
-            dimension_names=list(dims),
+            ARRAY_NAME, shape=array.shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill,
+            compressors=codec_for(dtype), dimension_names=list(dims),
         )
         if isinstance(array, da.Array):
-            da.store(array.rechunk(chunks), z, lock=False)
+            da.store(array.rechunk(shards or chunks), z, lock=False)
         else:
             z[...] = array
     return folder

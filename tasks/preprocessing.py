@@ -24,33 +24,44 @@ class FusionOutput(BaseModel):
 @stage_task("preprocessing", "preprocess")
 def preprocess(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], params: PreprocessingConfig,
                compute: ComputeConfig) -> PreprocessOutput:
-    """Resample, bias-correct, denoise and normalise one volume; masks follow the volume onto a new grid."""
+    """Resample, bias-correct, denoise and normalise one volume; masks follow the volume onto a new grid.
+
+    When the settings apply nothing (the defaults), nothing is written: the output references
+    the input volume and masks unchanged (same digest, same dtype -- int16 CT stays int16).
+    """
     from imaging.chain import preprocess_volume
 
     step = Step("preprocessing", "preprocess", workspace, volume=volume, masks=masks, params=params)
     src = open_array(step.ws.resolve(volume))
     affine, spacing = geometry(src.attrs)
-    with dask_context(compute), atomic_folder(step.folder) as stage:
+    with dask_context(compute):
+        # lazy on the dask-backed volume: steps that apply nothing build no graph and read nothing
         data, new_spacing, new_affine, applied = preprocess_volume(
             src.data, spacing=spacing, affine=affine, modality=volume.meta.get("modality"),
             **params.model_dump(exclude={"mask_partial_volume"}))
-        write_array(stage / "volume", data, affine=new_affine, spacing=new_spacing,
-                    attrs={"medflow": {**src.attrs.get("medflow", {}), "spacing": list(new_spacing),
-                                       "shape": list(data.shape)},
-                           "provenance": step.provenance(applied=applied)})
-        regridded = []
-        if tuple(new_spacing) != tuple(spacing):
-            from imaging import preprocess as pp
+        if not applied:
+            # nothing changed: store nothing new, reference the input volume and masks (same digests, same dtype)
+            vmeta = {**volume.meta, "spacing": list(spacing), "shape": list(src.shape)}
+            return PreprocessOutput(volume=volume.model_copy(update={"meta": vmeta}), masks=list(masks))
+        with atomic_folder(step.folder) as stage:
+            write_array(stage / "volume", data, affine=new_affine, spacing=new_spacing,
+                        attrs={"medflow": {**src.attrs.get("medflow", {}), "spacing": list(new_spacing),
+                                           "shape": list(data.shape)},
+                               "provenance": step.provenance(applied=applied)})
+            regridded = []
+            if tuple(new_spacing) != tuple(spacing):
+                from imaging import preprocess as pp
 
-            for i, m in enumerate(masks):
-                arr, attrs = read_numpy(step.ws.resolve(m))
-                res, _ = pp.resample_mask(arr, spacing=spacing, new_spacing=new_spacing,
-                                          partial_volume=params.mask_partial_volume, affine=affine)
-                res = np.asarray(res, dtype=bool)
-                meta = {**attrs.get("medflow", {}), "shape": list(res.shape), "voxels": int(np.count_nonzero(res))}
-                write_array(stage / f"mask{i}", res, affine=new_affine, spacing=new_spacing,
-                            attrs={"medflow": meta, "provenance": step.provenance()})
-                regridded.append((f"mask{i}", meta))
+                for i, m in enumerate(masks):
+                    arr, attrs = read_numpy(step.ws.resolve(m))
+                    res, _ = pp.resample_mask(arr, spacing=spacing, new_spacing=new_spacing,
+                                              partial_volume=params.mask_partial_volume, affine=affine)
+                    res = np.asarray(res, dtype=bool)
+                    meta = {**attrs.get("medflow", {}), "shape": list(res.shape),
+                            "voxels": int(np.count_nonzero(res))}
+                    write_array(stage / f"mask{i}", res, affine=new_affine, spacing=new_spacing,
+                                attrs={"medflow": meta, "provenance": step.provenance()})
+                    regridded.append((f"mask{i}", meta))
     out_masks = [step.ref("mask", rel, meta=meta) for rel, meta in regridded] if regridded else list(masks)
     vmeta = {**volume.meta, "spacing": list(new_spacing), "shape": list(data.shape)}
     return PreprocessOutput(volume=step.ref("volume", "volume", meta=vmeta), masks=out_masks)

@@ -13,9 +13,9 @@ import importlib.metadata
 import platform
 
 STAGE_VERSIONS: dict[str, str] = {
-    "collection": "2",
-    "preprocessing": "2",
-    "processing": "3",
+    "collection": "3",
+    "preprocessing": "3",
+    "processing": "4",
     "analysis": "2",
     "discovery": "2",
     "report": "2",

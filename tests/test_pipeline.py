@@ -35,6 +35,12 @@ def first(tmp_path_factory, sample_dicom):
     return {"root": root, "src": src, "ws": ws, "summary": summary, "seconds": seconds}
 
 
+def _collected(ws):
+    from storage.catalog import Catalog
+
+    return Catalog.for_workspace(ws).volumes()
+
+
 def _states(summary):
     out = {}
     for t in summary["tasks"]["detail"]:
@@ -46,6 +52,13 @@ def test_full_pipeline_outputs(first):
     s, ws = first["summary"], first["ws"]
     assert s["volumes"] == 3 and s["masks"] == 3 and s["quarantined"] == 0
     assert s["tasks"]["ran"] == s["tasks"]["tasks"] == 12  # collect + 3 x (preprocess, segment, features) + discover + report
+    assert s["tasks"]["prefect_tasks"] == 6  # collect + one volume chain per volume + discover + report
+    # default preprocessing applies nothing: it stores nothing and hands the collected volume on unchanged
+    assert not list((ws / "artifacts" / "preprocessing").rglob("volume.zarr"))
+    coll_volumes = {v.digest for v in _collected(ws)}
+    pre = [json.loads(p.read_text())["output"] for p in (ws / "artifacts").rglob("*.output.json")
+           if p.parts[-3] == "preprocessing"]
+    assert len(pre) == 3 and {p["volume"]["digest"] for p in pre} == coll_volumes
     report = ws / s["report"]
     html = report.read_text()
     for roi in EXPECTED_ROIS:
@@ -113,14 +126,18 @@ def test_changing_a_preprocessing_parameter_reruns_exactly_downstream(first):
 
 
 def test_stale_cache_record_is_recomputed_not_trusted(first, tmp_path):
+    from medflow.config import PreprocessingConfig
+
     ws = tmp_path / "ws"
     shutil.copytree(first["ws"], ws)
+    smooth = PreprocessingConfig(denoise="gaussian", gaussian_sigma_mm=1.5)  # a step that writes a volume
+    _run(first["src"], ws, preprocessing=smooth)
     # damage every preprocessing artifact behind its cache record: the Zarr chunk files vanish
     victims = list((ws / "artifacts" / "preprocessing").rglob("volume.zarr"))
     assert victims
     for victim in victims:
         shutil.rmtree(victim / "data")
-    s, _ = _run(first["src"], ws)
+    s, _ = _run(first["src"], ws, preprocessing=smooth)
     states = _states(s)
     assert states["preprocess"] == {"Completed"}, s["tasks"]["detail"]
     assert states["collect"] == {"Cached"}
