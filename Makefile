@@ -40,7 +40,7 @@ bench: venv
 	$(BIN)/python -m bench.run $(BENCH)
 
 lint: venv
-	$(BIN)/ruff check medflow imaging storage tasks flows tests bench
+	$(BIN)/ruff check medflow imaging knowledge storage tasks flows tests bench
 
 typecheck: venv
 	$(BIN)/mypy

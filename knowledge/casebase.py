@@ -7,7 +7,12 @@ modality and ROI role side by side, and joins the baseline clinical predictors.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
+
+if TYPE_CHECKING:
+    from knowledge.roles import CaseSchema
 
 
 def case_table(features: pd.DataFrame, *, include_auto: bool = False) -> pd.DataFrame:
@@ -90,7 +95,7 @@ class CaseBase:
                 f"{len(self.clinical_columns)} clinical columns)")
 
 
-def clinical_design(clinical: pd.DataFrame, schema: object) -> tuple[pd.DataFrame, list[str]]:
+def clinical_design(clinical: pd.DataFrame, schema: CaseSchema) -> tuple[pd.DataFrame, list[str]]:
     """Baseline clinical predictors as model columns, plus the schema's outcome columns.
 
     Parameters
@@ -140,7 +145,7 @@ def clinical_design(clinical: pd.DataFrame, schema: object) -> tuple[pd.DataFram
 
 
 def patient_case_base(features_long: pd.DataFrame, clinical: pd.DataFrame | None = None, *,
-                      schema: object = None, include_auto: bool = False) -> CaseBase:
+                      schema: CaseSchema | None = None, include_auto: bool = False) -> CaseBase:
     """One row per patient: every modality x ROI role side by side, plus baseline clinical predictors.
 
     Parameters
@@ -198,7 +203,7 @@ def patient_case_base(features_long: pd.DataFrame, clinical: pd.DataFrame | None
     mods = sorted({c.split(":", 1)[0] for c in feature_columns})
     clin_cols: list[str] = []
     table = wide
-    if clinical is not None:
+    if clinical is not None and schema is not None:
         design, clin_cols = clinical_design(clinical, schema)
         table = wide.merge(design, on=KEY, how="outer") if len(wide) else design
     table = table.sort_values(index if set(index) <= set(table.columns) else [KEY]).reset_index(drop=True)

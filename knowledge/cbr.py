@@ -9,7 +9,10 @@ patient, so its label never chooses the features that find its neighbour.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,17 +39,12 @@ class Standardiser:
         return (x - self.mean) / self.sd
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)  # f_classif on constant columns
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
+        yield
 
 
 def distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:

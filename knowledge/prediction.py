@@ -78,7 +78,9 @@ def prefilter(table: pd.DataFrame, columns: list[str], *, max_missing: float = 0
 class _SelectK(SelectKBest):
     """SelectKBest whose ``k`` is capped by the number of columns (sklearn refuses k > n_features)."""
 
-    def _check_params(self, X: Any, y: Any) -> None:  # noqa: D401
+    k: Any
+
+    def _check_params(self, X: Any, y: Any) -> None:
         if not isinstance(self.k, str) and self.k > X.shape[1]:
             self.k = X.shape[1]
         super()._check_params(X, y)

@@ -189,7 +189,7 @@ def _numeric(values: pd.Series, tokens: list[str]) -> pd.Series:
     return pd.to_numeric(values.mask(_is_missing_token(values, tokens)), errors="coerce")
 
 
-def _column_type(values: pd.Series, tokens: list[str]) -> str:
+def _column_type(values: pd.Series, tokens: list[str]) -> ColumnType:
     present = values[~_is_missing_token(values, tokens)]
     if present.empty:
         return "categorical"

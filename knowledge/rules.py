@@ -227,7 +227,7 @@ def association_rules(items: pd.DataFrame, *, consequents: list[str], min_suppor
                     nxt.append(cand)
         frequent.extend(nxt)
         level = nxt
-    rules = []
+    rules: list[dict[str, Any]] = []
     for ante in frequent:
         mask = M[:, list(ante)].all(axis=1)
         for c in cons_idx:
@@ -283,7 +283,7 @@ def cluster_profiles(table: pd.DataFrame, columns: list[str], keys: list[str], *
     if best is None:
         return {"status": "skipped", "reason": f"clustering needs >= 3 patients with varying features, got {n}"}
     sil, k, labels = best
-    profiles = []
+    profiles: list[dict[str, Any]] = []
     for c in range(k):
         inside = labels == c
         dist = []
