@@ -11,7 +11,6 @@ Used by the discovery stage task (:mod:`tasks.discovery`) and by ``medflow disco
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import pathlib
@@ -104,12 +103,12 @@ def analyse(features_long: pd.DataFrame | None, clinical: pd.DataFrame | None, s
     label = _label(params, schema)
     labelled = label is not None and label in table.columns and table[label].dropna().nunique() == 2
     kwargs = _discover_kwargs(params)
-    if models is not None and "models" in inspect.signature(knowledge.discover).parameters:
-        kwargs["models"] = models
     if labelled or stored is None:
         results = knowledge.discover(table, schema if schema is not None else knowledge.CaseSchema(columns=[]),
                                      label=label if labelled else None, **kwargs)
         results.update(mode="cohort", lang=params.lang)
+        if models is not None and labelled and (results.get("prediction") or {}).get("status") == "ok":
+            models.update(fit_models(table, schema, label, params))
         return results, table
     s_label = _label(params, stored_schema)
     results = knowledge.discover(stored, stored_schema, label=s_label, **kwargs)
@@ -120,6 +119,33 @@ def analyse(features_long: pd.DataFrame | None, clinical: pd.DataFrame | None, s
     results.update(mode="placed", lang=params.lang, reference_patients=results.get("patients", {}),
                    patients=placed["patients"], placement={k: v for k, v in placed.items() if k != "patients"})
     return results, table
+
+
+def fit_models(table: pd.DataFrame, schema, label: str, params: DiscoveryConfig) -> dict[str, Any]:
+    """The three prediction models (imaging+clinical, imaging, clinical) refitted on every labelled patient.
+
+    Same procedure as the cross-validated ones (:func:`knowledge.prediction.fit_final`: label-free
+    prefilter, then selection and scaling inside the pipeline); returns
+    ``name -> (fitted model, input columns)`` (the model takes those columns, in that order).
+    """
+    import numpy as np
+
+    from knowledge import prediction
+    from knowledge.analysis import model_inputs
+
+    imaging, clinical = model_inputs(table, schema)
+    yv = table[label].to_numpy(dtype=float)
+    known = ~np.isnan(yv)
+    sub, y = table[known].reset_index(drop=True), yv[known].astype(int)
+    img = prediction.prefilter(sub, imaging)
+    out: dict[str, Any] = {}
+    for name, cols in (("imaging+clinical", img + clinical), ("imaging", img), ("clinical", clinical)):
+        if cols:
+            model, _selected = prediction.fit_final(sub[cols], y, sub["patient_key"].astype(str).to_numpy(),
+                                                    kind=params.classifier, inner_folds=params.inner_folds,
+                                                    random_state=params.random_state)
+            out[name] = (model, cols)
+    return out
 
 
 def metrics_summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +218,9 @@ def run_discover(table_path: str | pathlib.Path, *, schema_path: str | pathlib.P
 
     A *long* table (it has ``feature``/``value``/``volume_key`` columns) is split into the
     feature rows and one clinical row per patient (the schema's columns, keyed by the
-    identifier or ``patient_key``); a *patient-level* table is used as it is.
+    identifier or ``patient_key``); a *patient-level* table with the sheet's clinical columns
+    gets the schema's design (``clin:`` columns, derived label); a case base as medflow writes
+    it (``casebase.parquet``: ``clin:`` columns and outcomes by name) is used as it is.
 
     Returns the metrics summary.
     """
@@ -215,12 +243,16 @@ def run_discover(table_path: str | pathlib.Path, *, schema_path: str | pathlib.P
     if LONG_COLUMNS <= set(raw.columns):
         long = raw[[c for c in raw.columns if c not in clinical_cols]]
         results, table = analyse(long, clinical, schema, params)
-    else:
+    elif any(c in raw.columns for c in schema.predictors) or any(
+            c.derive is not None and c.name not in raw.columns for c in schema.columns):
+        # one row per patient, clinical columns as in the sheet: the schema's design is applied here
         from knowledge.casebase import clinical_design
 
         design, _ = clinical_design(clinical_for_schema(clinical, schema), schema)
         table = raw.drop(columns=clinical_cols).merge(design, on="patient_key", how="left")
         results, table = analyse(None, None, schema, params, case_table=table)
+    else:  # already a case base (clin: columns and outcomes by name, e.g. a casebase.parquet)
+        results, table = analyse(None, None, schema, params, case_table=raw)
     out = pathlib.Path(out)
     provenance = {"table": str(pathlib.Path(table_path).name), "schema": schema.to_dict(),
                   "params": params.model_dump(mode="json")}
