@@ -263,6 +263,14 @@ def watch(folder: Annotated[pathlib.Path, typer.Argument(help="Drop folder: each
     watcher.run(interval_s=interval, stop=stop,
                 on_error=lambda e: console.print(f"watcher: {type(e).__name__}: {e}", highlight=False))
 
+def _fail_whole(message: str, code: int = 1) -> None:
+    """Like _fail, but the message is printed unwrapped and without markup (it names columns verbatim)."""
+    from rich.markup import escape
+
+    console.print(f"[red]medflow: {escape(message)}[/red]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
 schema_app = typer.Typer(no_args_is_help=True, help="Case schemas: the role of every clinical column.")
 app.add_typer(schema_app, name="schema")
 casebase_app = typer.Typer(no_args_is_help=True, help="Stored case bases that new patients are placed against.")
@@ -281,7 +289,7 @@ def schema_propose(table: Annotated[pathlib.Path, typer.Argument(help="Clinical 
     try:
         _schema, lines = propose_schema_file(table, out_path, lang=lang)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        _fail_whole(str(exc))
     for line in lines:
         out.print(line, highlight=False, markup=False)
     out.print(f"schema written to {out_path}: check every role (declare the label) before using it", highlight=False)
@@ -299,7 +307,7 @@ def schema_check(schema: Annotated[pathlib.Path, typer.Argument(help="Schema YAM
         if table is not None:
             check_schema_matches(s, read_raw_table(table).columns)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        _fail_whole(str(exc))
     for line in s.describe():
         out.print(line, highlight=False, markup=False)
     out.print("schema is valid", highlight=False)
@@ -328,7 +336,7 @@ def discover(table: Annotated[pathlib.Path, typer.Argument(help="Case table (Par
         metrics = run_discover(table, schema_path=schema, out=out_dir, lang=lang,
                                config=DiscoveryConfig.model_validate(section))
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
+        _fail_whole(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     for name, m in (metrics["prediction"].get("models") or {}).items():
         out.print(f"{name}: AUC {m['auc']:.3f} {m['auc_ci']}", highlight=False)
     out.print(f"metrics.json, rules.txt and report.html written to {out_dir}", highlight=False)
