@@ -74,7 +74,8 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
     Parameters
     ----------
     case_base : DataFrame
-        :attr:`knowledge.casebase.CaseBase.table`: imaging ``<MOD>:<ROI>:<feature>`` columns,
+        :attr:`knowledge.casebase.CaseBase.table` (with a ``timepoint`` column: one row per patient
+        and timepoint, results keyed ``"<patient_key>@<timepoint>"``, folds grouped by patient): imaging ``<MOD>:<ROI>:<feature>`` columns,
         ``clin:`` baseline predictors and the schema's label/event/time/treatment columns. Not modified.
     schema : CaseSchema
     label : str or None
@@ -115,8 +116,11 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     table = case_base.copy()
     table[KEY] = table[KEY].astype(str)
-    if table[KEY].duplicated().any() and "timepoint" not in table.columns:
-        raise ValueError("case_base has several rows for one patient_key and no 'timepoint' column")
+    table["_group"] = table[KEY]  # cross-validation groups: rows of one patient never straddle a split
+    if "timepoint" in table.columns:  # one row per patient and timepoint: results keyed "<patient>@<timepoint>"
+        table[KEY] = table[KEY] + "@" + table["timepoint"].astype(str)
+    if table[KEY].duplicated().any():
+        raise ValueError("case_base has several rows for one patient_key (and timepoint)")
     imaging, clinical = model_inputs(table, schema)
     label = resolve_label(table, schema, label)
     keys = table[KEY].tolist()
@@ -152,7 +156,7 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
                                   f"{out['label']['n_positive']} positive and {out['label']['n_negative']} negative")
     else:
         lab = y >= 0
-        sub, ylab, groups = table[lab].reset_index(drop=True), y[lab], table.loc[lab, KEY].to_numpy()
+        sub, ylab, groups = table[lab].reset_index(drop=True), y[lab], table.loc[lab, "_group"].to_numpy()
         sets = {"imaging+clinical": img_cols + clinical, "imaging": img_cols, "clinical": clinical}
         models: dict[str, Any] = {}
         results: dict[str, prediction.CVOutcome] = {}
@@ -170,7 +174,7 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
                 sel = [c for c in cols if res.selection_counts.get(c, 0) >= half]
             results[name] = res
             models[name] = {"status": "ok", **prediction.model_summary(
-                name, ylab, groups.tolist(), res, n_bootstrap=n_bootstrap, random_state=random_state, selected=sel)}
+                name, ylab, sub[KEY].tolist(), res, n_bootstrap=n_bootstrap, random_state=random_state, selected=sel)}
             if primary is None:
                 primary, selected = name, sel
         if primary is None:
@@ -226,7 +230,8 @@ def discover(case_base: pd.DataFrame, schema: CaseSchema, *, label: str | None, 
         if y is not None and (y >= 0).sum() >= 3:
             lab = y >= 0
             loo = cbr.loo_agreement(table[lab].reset_index(drop=True), img_cols + clinical, y[lab],
-                                    n_features=max(3, len(selected)) if selected else 10)
+                                    n_features=max(3, len(selected)) if selected else 10,
+                                    groups=table.loc[lab, "_group"].to_numpy())
             sim.update(loo)
         else:
             sim.update({"loo_agreement": None, "loo_ci": None, "loo_reason": "no label"})

@@ -118,11 +118,12 @@ def select_columns(table: pd.DataFrame, columns: list[str], y: np.ndarray, n: in
 
 
 def loo_agreement(table: pd.DataFrame, columns: list[str], y: np.ndarray, *, n_features: int,
-                  confidence: float = 0.95) -> dict[str, Any]:
+                  confidence: float = 0.95, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Leave-one-out: does the nearest other patient have the same label?
 
     For each held-out patient the similarity space (top ``n_features`` by ANOVA F) and the
-    standardisation are computed from the other patients only.
+    standardisation are computed from the other patients only; with ``groups`` (patient keys of
+    rows that are timepoints) every row of the held-out patient is left out.
 
     Returns
     -------
@@ -134,7 +135,9 @@ def loo_agreement(table: pd.DataFrame, columns: list[str], y: np.ndarray, *, n_f
     agree = 0
     counted = 0
     for i in range(n):
-        rest = np.array([j for j in range(n) if j != i])
+        rest = np.array([j for j in range(n) if j != i and (groups is None or groups[j] != groups[i])])
+        if len(rest) == 0:
+            continue
         cols = select_columns(table.iloc[rest], columns, y[rest], n_features) if n_features else columns
         std = Standardiser(table.iloc[rest], cols)
         d = distances(std(table.iloc[[i]]), std(table.iloc[rest]))[0]

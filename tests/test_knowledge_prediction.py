@@ -133,3 +133,20 @@ def test_place_cases_never_trains_on_the_new_patients(sts_like):
         assert 0 <= entry["risk"] <= 1 and len(entry["similar"]) == 3
         assert {s["patient_key"] for s in entry["similar"]} <= set(stored["patient_key"])
         assert entry["survival_group"] in ("high", "low") and entry["rules_fired"]["en"]
+
+
+def test_timepoints_are_rows_but_folds_and_neighbours_stay_per_patient():
+    keys = [f"P{i:02d}" for i in range(12)]
+    y = np.array([0, 1] * 6)
+    first = long_features(keys, y, n_noise=8, signal=3.0).assign(timepoint="t0")
+    second = long_features(keys, y, n_noise=8, signal=3.0, seed=1).assign(timepoint="t1")
+    second["volume_key"] += "-t1"
+    cb = patient_case_base(pd.concat([first, second], ignore_index=True))
+    table = cb.table.assign(lab=np.repeat(y, 2))
+    assert table[["patient_key", "timepoint"]].head(2).to_numpy().tolist() == [["P00", "t0"], ["P00", "t1"]]
+    schema = CaseSchema(columns=[{"name": "lab", "role": "label", "type": "binary"}])
+    res = knowledge.discover(table, schema, label="lab", n_bootstrap=50, n_permutations=0)
+    assert len(res["patients"]) == 24 and "P00@t1" in res["patients"]
+    assert res["similar"]["n"] == 24
+    # the leave-one-out neighbour is never the same patient at the other timepoint
+    assert res["prediction"]["models"]["imaging"]["auc"] > 0.8
