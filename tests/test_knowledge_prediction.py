@@ -148,5 +148,18 @@ def test_timepoints_are_rows_but_folds_and_neighbours_stay_per_patient():
     res = knowledge.discover(table, schema, label="lab", n_bootstrap=50, n_permutations=0)
     assert len(res["patients"]) == 24 and "P00@t1" in res["patients"]
     assert res["similar"]["n"] == 24
-    # the leave-one-out neighbour is never the same patient at the other timepoint
     assert res["prediction"]["models"]["imaging"]["auc"] > 0.8
+
+
+def test_loo_neighbour_is_never_the_same_patient_at_another_timepoint():
+    from knowledge.cbr import loo_agreement
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 6))
+    table = pd.DataFrame(np.repeat(base, 2, axis=0), columns=[f"CT:GTV:f{j}" for j in range(6)])
+    y = np.repeat(rng.integers(0, 2, 20), 2)
+    groups = np.repeat([f"P{i}" for i in range(20)], 2)
+    cols = list(table.columns)
+    assert loo_agreement(table, cols, y, n_features=0)["loo_agreement"] == 1.0  # the twin row answers
+    honest = loo_agreement(table, cols, y, n_features=0, groups=groups)
+    assert honest["n"] == 40 and honest["loo_agreement"] < 0.9
