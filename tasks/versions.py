@@ -17,7 +17,7 @@ STAGE_VERSIONS: dict[str, str] = {
     "preprocessing": "3",
     "processing": "4",
     "analysis": "2",
-    "discovery": "2",
+    "discovery": "3",
     "report": "2",
 }
 
