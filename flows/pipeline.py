@@ -42,6 +42,7 @@ class _Runner:
         self.ws = ws
         self.tally: list[dict[str, Any]] = []
         self.prefect_tasks = 0  # volume-chain task runs (their steps are in the tally)
+        self.chains: list[tuple[float, float]] = []  # (started, finished) of each volume chain
         self._tasks: dict[str, Any] = {}
 
     def __call__(self, task: Any, *args: Any, **kwargs: Any) -> Any:
@@ -55,9 +56,11 @@ class _Runner:
             PROGRESS_HOOK(task.name, state.name)
         return state.result()
 
-    def add_steps(self, steps: list[dict[str, Any]]) -> None:
-        """Record the content-keyed steps run inside one task (a volume chain)."""
+    def add_steps(self, steps: list[dict[str, Any]], *, span: tuple[float, float] | None = None) -> None:
+        """Record the content-keyed steps run inside one task (a volume chain) and when it ran (epoch s)."""
         self.prefect_tasks += 1
+        if span is not None:
+            self.chains.append(span)
         for s in steps:
             self.tally.append({**s, "inside": "volume-chain"})
             if PROGRESS_HOOK is not None:
@@ -69,7 +72,7 @@ class _Runner:
         cached = sum(1 for t in self.tally if t["state"] == "Cached")
         outer = sum(1 for t in self.tally if "inside" not in t)
         return {"tasks": len(self.tally), "cached": cached, "ran": len(self.tally) - cached,
-                "prefect_tasks": outer + self.prefect_tasks, "detail": self.tally}
+                "prefect_tasks": outer + self.prefect_tasks, "chains": self.chains, "detail": self.tally}
 
 
 def _volume_runner(config: PipelineConfig, n_volumes: int) -> tuple[Any, Any]:
@@ -182,7 +185,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
             "compute": compute}) for vol in volumes]
         for fut in futures:  # collected in submission order: the same outputs whatever finished first
             out = fut.result()
-            run.add_steps(out.steps)
+            run.add_steps(out.steps, span=(out.started, out.finished))
             pre_out.append(out.pre)
             proc_out.append(out.proc)
             feat_out.append(out.feats)

@@ -40,6 +40,8 @@ class ChainOutput(BaseModel):
     proc: ProcessOutput | None
     feats: AnalysisOutput
     steps: list[dict[str, Any]]
+    started: float  # wall-clock seconds (epoch) when the chain started and finished: shows overlap, never cached
+    finished: float
 
 
 def cores() -> int:
@@ -96,21 +98,22 @@ def volume_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], 
     ChainOutput
         The three steps' outputs and a per-step tally.
     """
+    started = time.time()
     steps: list[dict[str, Any]] = []
 
-    def step(fn: Any, **kwargs: Any) -> Any:
+    def step(fn: Any, output: type, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
-        out, state = cached_step(fn, workspace, **kwargs)
+        out, state = cached_step(fn, workspace, output, **kwargs)
         steps.append({"task": fn.name, "state": state, "seconds": round(time.perf_counter() - t0, 3)})
         if state != "Cached":
             gc.collect()  # arrays of this step are gone: give their memory back before the next one
         return out
 
-    pre = step(preprocess, volume=volume, masks=masks, params=preprocessing, compute=compute)
+    pre = step(preprocess, PreprocessOutput, volume=volume, masks=masks, params=preprocessing, compute=compute)
     proc = None
     if not masks or processing.segment_when_reference_exists or processing.filters:
-        proc = step(segment, volume=pre.volume, reference_masks=pre.masks, params=processing, compute=compute)
+        proc = step(segment, ProcessOutput, volume=pre.volume, reference_masks=pre.masks, params=processing, compute=compute)
     rois = list(pre.masks) + (list(proc.auto_masks) if proc and analysis.include_auto_masks else [])
-    feats = step(features_task, volume=pre.volume, masks=rois, params=analysis,
+    feats = step(features_task, AnalysisOutput, volume=pre.volume, masks=rois, params=analysis,
                  responses=list(proc.responses) if proc else [])
-    return ChainOutput(pre=pre, proc=proc, feats=feats, steps=steps)
+    return ChainOutput(pre=pre, proc=proc, feats=feats, steps=steps, started=started, finished=time.time())

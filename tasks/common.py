@@ -179,10 +179,10 @@ def record_path(ws: Workspace, stage: str, key: str):
     return folder.with_name(folder.name + RECORD_SUFFIX)
 
 
-def cached_step(stage_fn: Any, workspace: str, **kwargs: Any) -> tuple[Any, str]:
+def cached_step(stage_fn: Any, workspace: str, output: type, **kwargs: Any) -> tuple[Any, str]:
     """Run one stage function as a content-keyed step, without a Prefect task run of its own.
 
-    ``stage_fn`` is a task made by :func:`stage_task`; its key is the same
+    ``stage_fn`` is a task made by :func:`stage_task` returning an ``output`` model; its key is the same
     :func:`tasks.cache.stage_key` Prefect would compute (code version, library versions,
     input digests, parameters). A hit needs the step's output record (small JSON beside the
     artifact folder) and every artifact it references intact (:func:`ref_intact`): then the
@@ -194,8 +194,6 @@ def cached_step(stage_fn: Any, workspace: str, **kwargs: Any) -> tuple[Any, str]
     (output, state)
         The stage's output model and ``"Cached"`` or ``"Completed"``.
     """
-    import typing
-
     from storage.workspace import write_text_atomic
 
     policy = stage_fn.cache_policy
@@ -204,10 +202,9 @@ def cached_step(stage_fn: Any, workspace: str, **kwargs: Any) -> tuple[Any, str]
     ws = Workspace(workspace)
     key = stage_key(policy.stage, stage_fn.name, kwargs, ignore=policy.ignore)
     record = record_path(ws, policy.stage, key)
-    model = typing.get_type_hints(stage_fn.fn)["return"]
     if record.is_file():
         try:
-            out = model.model_validate(json.loads(record.read_text())["output"])
+            out = output.model_validate(json.loads(record.read_text())["output"])
         except (OSError, ValueError, KeyError):
             out = None
         if out is not None and all(ref_intact(ws, r) for r in iter_refs(out)):
