@@ -174,8 +174,9 @@ class CaseSchema(BaseModel):
 
 _ID = re.compile(r"(^|\b|_)(id|patient|case|subject|mrn|key)(\b|_|$)", re.I)
 _PHI = re.compile(r"name|birth|dob|address|phone|e-?mail|ssn|social security|postcode|zip", re.I)
-_POST = re.compile(r"follow|outcome|status|surviv|death|dead|died|recurr|relapse|progress|last|\bmets?\b|"
-                   r"metasta|response|event|censor", re.I)
+_POST = re.compile(r"follow|outcome|status|surviv|death|dead|died|alive|vital|recurr|relapse|progress|last|"
+                   r"\bmets?\b|metasta|response|event|censor|(^|[^a-z])(os|pfs|dfs|efs|rfs|ttp)([^a-z]|$)", re.I)
+_EVENT_TOKENS = {"D", "DEAD", "DECEASED", "DIED", "1", "YES", "TRUE"}
 _TIME = re.compile(r"time|days|months|years|duration|interval", re.I)
 _TREAT = re.compile(r"treat|therap|regimen|arm\b", re.I)
 
@@ -235,9 +236,9 @@ def propose_schema(table: pd.DataFrame, *, missing_tokens: list[str] | None = No
         elif _POST.search(name):
             present = values[~_is_missing_token(values, tokens)].astype(str).str.strip()
             upper = set(present.str.upper())
-            if event_name is None and re.search(r"status|death|dead|vital", name, re.I) and \
-                    upper & {"D", "DEAD", "DECEASED", "DIED"}:
-                ev = sorted(v for v in set(present) if v.upper() in {"D", "DEAD", "DECEASED", "DIED"})
+            if event_name is None and re.search(r"status|death|dead|vital|event|censor", name, re.I) and \
+                    upper & _EVENT_TOKENS:
+                ev = sorted(v for v in set(present) if v.upper() in _EVENT_TOKENS)
                 cols.append(ColumnRole(name=name, role="event", type="categorical", event_values=ev))
                 event_name = name
             else:
@@ -249,8 +250,8 @@ def propose_schema(table: pd.DataFrame, *, missing_tokens: list[str] | None = No
     if event_name is not None:
         # the follow-up time becomes the event's time (the last-follow-up / survival time column)
         for i, c in enumerate(cols):
-            if c.role == "post_baseline" and _TIME.search(c.name) and re.search(r"follow|last|surviv|death", c.name,
-                                                                                re.I):
+            if c.role == "post_baseline" and (_TIME.search(c.name) or re.search(r"(^|[^a-z])os([^a-z]|$)", c.name, re.I)) \
+                    and re.search(r"follow|last|surviv|death|(^|[^a-z])os([^a-z]|$)", c.name, re.I):
                 cols[i] = ColumnRole(name=c.name, role="time", type="numeric", time_of=event_name)
                 break
     return CaseSchema(columns=cols, missing_tokens=tokens)

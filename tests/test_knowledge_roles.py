@@ -9,7 +9,15 @@ from _knowledge_synth import STS_SCHEMA, long_features, read_clinical
 
 import knowledge
 from knowledge.casebase import patient_case_base
-from knowledge.roles import CaseSchema, ColumnRole, LabelRule, LeakageError, apply_schema, check_predictors, propose_schema
+from knowledge.roles import (
+    CaseSchema,
+    ColumnRole,
+    LabelRule,
+    LeakageError,
+    apply_schema,
+    check_predictors,
+    propose_schema,
+)
 
 FOLLOW_UP = "Time – diagnosis to last follow-up (days)"
 OUTCOME = "Outcome (recurrence, mets)"
@@ -99,3 +107,18 @@ def test_discover_uses_only_declared_predictors(clinical):
     with pytest.raises(ValueError, match="not declared with role 'label'"):
         knowledge.discover(table, schema, label=STATUS, n_bootstrap=10, n_permutations=0)
     assert np.isfinite(res["prediction"]["models"]["imaging+clinical"]["auc"])
+
+
+def test_proposal_on_another_sheet_shape():
+    sheet = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "age": [50, 60, 70, 40], "sex": ["M", "F", "M", "F"],
+                          "OS_months": [10, 20, 5, 30], "OS_event": [1, 0, 1, 0], "PFS (days)": [3, 4, 5, 6],
+                          "Date of birth": ["1970-01-01"] * 4, "Patient name": list("wxyz"),
+                          "stage": ["I", "II", "III", "II"]})
+    schema = propose_schema(sheet)
+    roles = {c.name: c.role for c in schema.columns}
+    assert roles == {"case_id": "identifier", "age": "predictor", "sex": "predictor", "OS_months": "time",
+                     "OS_event": "event", "PFS (days)": "post_baseline", "Date of birth": "phi",
+                     "Patient name": "phi", "stage": "predictor"}
+    typed = apply_schema(sheet, schema)
+    assert "Date of birth" not in typed.columns and "Patient name" not in typed.columns
+    assert typed["OS_event"].tolist() == [1.0, 0.0, 1.0, 0.0]
