@@ -286,7 +286,8 @@ def _pre(lines: list[str]) -> str:
 def _summary(results: dict[str, Any], section: str, lang: str) -> str:
     txt = (results.get("text") or {}).get(lang) or (results.get("text") or {}).get("en") or {}
     s = txt.get(section) if isinstance(txt, dict) else None
-    return f"<p class='summary'>{_esc(s)}</p>" if s else ""
+    # a summary that only repeats the section's own list (rules, clusters) is left to the list
+    return f"<p class='summary'>{_esc(s)}</p>" if s and len(s) <= 400 else ""
 
 
 def cohort_section(results: dict[str, Any], *, lang: str) -> str:
@@ -438,8 +439,10 @@ def _lang_text_list(value: Any, lang: str) -> list[str]:
 
 _SCRIPT = """<script>
 (function(){function show(){var h=location.hash.slice(1);var pages=document.querySelectorAll('section.page');
-var hit=h&&document.getElementById(h);for(var i=0;i<pages.length;i++){pages[i].style.display=
-(!hit||pages[i].id===h)?'':'none';}}window.addEventListener('hashchange',show);show();})();
+var hit=h&&document.getElementById(h);hit=hit&&hit.classList.contains('page')?hit:null;
+document.body.classList.toggle('single',!!hit);for(var i=0;i<pages.length;i++){pages[i].style.display=
+(!hit||pages[i]===hit)?'':'none';}if(hit){window.scrollTo(0,0);}}
+window.addEventListener('hashchange',show);show();})();
 </script>"""
 
 
@@ -460,6 +463,7 @@ def knowledge_sections(results: dict[str, Any], *, lang: str = "en") -> str:
 CSS = """
 nav.pages{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;font-size:.85em}
 nav.pages a{margin-right:.8em} section.page{margin-top:1em}
+body.single > :not(nav.pages):not(section.page):not(h1):not(script){display:none}
 img.plot{margin:4px 8px 4px 0;border:1px solid #eee} .figs{display:flex;flex-wrap:wrap;align-items:flex-start}
 pre.rules{background:#f7f7f7;padding:.6em;white-space:pre-wrap;font-size:.85em}
 .verdict{font-weight:600} .caveat{color:#7a4b00;font-style:italic} .note{background:#eef5fb;padding:.5em}
