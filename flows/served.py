@@ -68,7 +68,9 @@ def _on_running(flow: Any, flow_run: Any, state: Any) -> None:
     stale = registry.stale()
     if stale:
         crashed = mark_crashed(stale, reason="the run's process ended without a final state (medflow run registry)")
-        get_run_logger().warning("marked %d earlier run(s) Crashed: %s", len(crashed), ", ".join(crashed))
+        from prefect.logging.loggers import flow_run_logger
+
+        flow_run_logger(flow_run).warning("marked %d earlier run(s) Crashed: %s", len(crashed), ", ".join(crashed))
         for rid in stale:
             registry.forget(rid)
     registry.enter(str(flow_run.id))

@@ -49,7 +49,9 @@ def _run_pipeline(config, *, verbose: bool) -> dict:
 
         pipeline_module.PROGRESS_HOOK = on_task
         try:
-            return pipeline_module.pipeline(config)
+            from flows.served import pipeline as guarded  # + run registry: killed runs get marked Crashed
+
+            return guarded(config)
         finally:
             pipeline_module.PROGRESS_HOOK = None
 
