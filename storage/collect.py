@@ -9,6 +9,8 @@ The pseudonym map is recorded in the encrypted vault, the only way back.
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import re
 from dataclasses import dataclass, field
@@ -17,19 +19,25 @@ from typing import Any
 import numpy as np
 
 from storage.deid.vocabulary import clean_text
-from storage.dicom import collect_folder
+from storage.dicom import collect_files
+from storage.dicom.bugs import IngestBugError
 from storage.dicom.guard import GuardLimits
 from storage.dicom.model import ConvertedVolume, Rejection
 from storage.pseudonym import PseudonymKeys
 from storage.quarantine import QuarantineStore
 from storage.vault import Vault
 from storage.volumes import write_array
+from storage.workspace import MANIFEST, Workspace, atomic_folder, canonical_json, sha256_bytes
 
 _SAFE_ROI = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 #: Converter meta keys that come from free-text elements (LO/SH) and may carry identifying text:
 #: they pass the Clean Descriptors vocabulary (PS3.15 E.3.5) or are dropped.
 FREE_TEXT_KEYS = ("manufacturer", "model", "convolution_kernel")
+
+#: Workspace stage folder of the per-unit (per-patient) collection artifacts, and their summary file.
+UNIT_STAGE = "collection-unit"
+UNIT_SUMMARY = "unit.json"
 
 
 def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -52,14 +60,16 @@ def clean_roi_name(name: str, index: int) -> str:
 
 @dataclass
 class CollectedVolume:
-    rel: str  # folder relative to the collection artifact folder
+    rel: str  # folder relative to ``base`` (the collection folder when ``base`` is None)
     meta: dict[str, Any]
+    base: pathlib.Path | None = None  # the unit's cached artifact folder, when collected by units
 
 
 @dataclass
 class CollectedMask:
     rel: str
     meta: dict[str, Any]
+    base: pathlib.Path | None = None
 
 
 @dataclass
@@ -70,6 +80,8 @@ class CollectionSummary:
     routed: list[dict[str, Any]] = field(default_factory=list)
     qc: list[dict[str, Any]] = field(default_factory=list)
     n_files: int = 0
+    units_converted: int = 0
+    units_cached: int = 0
 
 
 def burned_in_refusal(ds: Any) -> str | None:
@@ -108,23 +120,23 @@ def _volume_qc(vol: ConvertedVolume) -> list[dict[str, Any]]:
     return [f.as_dict() for f in qc.volume_findings(vol.volume, vol.meta, spacing=vol.spacing)]
 
 
-def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
-                 workspace: pathlib.Path, run_id: str | None = None) -> CollectionSummary:
-    """Convert every series under ``source`` and write volumes/masks below ``folder`` (a staging folder).
+def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
+                  tag: str, guard_workers: int = 1) -> dict[str, Any]:
+    """Convert one unit's files and write its volumes/masks below ``folder`` (runs in a worker process).
 
-    Quarantine records go to ``WORKSPACE/quarantine`` (one per file hash); the pseudonym map
-    to the encrypted vault. Returns the PHI-free summary.
+    Returns a dict with the PHI-free ``summary`` (volume/mask meta with ``rel``, rejection
+    records, routed, QC, n_files), the in-memory ``pairs`` for the vault (identifiers: never
+    written by this function) and the :class:`Rejection` objects for the quarantine store.
     """
-    result = collect_folder(source, max_pixel_bytes=int(config.max_pixel_bytes), guard_limits=guard_limits(config),
-                            pet_units=config.pet_units, apply_magnification=config.apply_magnification,
-                            seg_fractional_threshold=config.seg_fractional_threshold,
-                            rtstruct_slice_tolerance=config.rtstruct_slice_tolerance,
-                            refuse=None if config.allow_burned_in else burned_in_refusal)
-    out = CollectionSummary(n_files=result.n_files)
-    vault = Vault(workspace, keys)
+    result = collect_files(paths, max_pixel_bytes=int(config.max_pixel_bytes), guard_limits=guard_limits(config),
+                           guard_workers=guard_workers, pet_units=config.pet_units,
+                           apply_magnification=config.apply_magnification,
+                           seg_fractional_threshold=config.seg_fractional_threshold,
+                           rtstruct_slice_tolerance=config.rtstruct_slice_tolerance,
+                           refuse=None if config.allow_burned_in else burned_in_refusal)
+    out: dict[str, Any] = {"volumes": [], "masks": [], "rejections": [], "qc": [], "n_files": result.n_files}
     by_series: dict[tuple[str, int], str] = {}
     pairs: dict[str, set[tuple[str, str]]] = {"patient": set(), "study": set(), "series": set()}
-
     for vol in sorted(result.volumes, key=lambda v: (keys.series_key(v.series_uid), v.volume_index)):
         patient_key = keys.patient_key(vol.patient_id)
         study_key = keys.study_key(vol.study_uid)
@@ -136,11 +148,11 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
         by_series[(vol.series_uid, vol.volume_index)] = volume_key
         findings = _volume_qc(vol)
         for f in findings:
-            out.qc.append({"volume_key": volume_key, "series_key": series_key, **f})
+            out["qc"].append({"volume_key": volume_key, "series_key": series_key, **f})
         if any(f["severity"] == "error" for f in findings):
             codes = ",".join(sorted({f["code"] for f in findings if f["severity"] == "error"}))
-            out.rejections.append({"sha256": volume_key, "reason": "qc_failed", "series_key": series_key,
-                                   "detail": f"series failed QC ({codes}); not converted", "exception_type": None})
+            out["rejections"].append({"sha256": volume_key, "reason": "qc_failed", "series_key": series_key,
+                                      "detail": f"series failed QC ({codes}); not converted", "exception_type": None})
             continue
         rel = f"volumes/{volume_key}"
         meta = {
@@ -153,35 +165,169 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
         write_array(folder / rel, vol.volume, affine=vol.affine, spacing=vol.spacing,
                     attrs={"medflow": {k: v for k, v in meta.items() if k != "info"}, "dicom": meta["info"]},
                     chunk_mb=float(config.chunk_mb))
-        out.volumes.append(CollectedVolume(rel=rel, meta=meta))
+        out["volumes"].append({"rel": rel, "meta": meta})
 
+    vol_meta = {v["meta"]["volume_key"]: v["meta"] for v in out["volumes"]}
+    per_volume: dict[str, int] = {}
     for i, m in enumerate(sorted(result.masks, key=lambda m: (keys.series_key(m.referenced_series_uid),
                                                                 m.referenced_volume_index, m.roi_name))):
         volume_key = by_series.get((m.referenced_series_uid, m.referenced_volume_index))
-        if volume_key is None:
-            out.rejections.append({"sha256": f"mask-{i}", "reason": "mask_reference_missing", "series_key": None,
-                                   "detail": "mask references a series that was not converted", "exception_type": None})
+        if volume_key is None or volume_key not in vol_meta:
+            out["rejections"].append({"sha256": f"mask-{tag}-{i}", "reason": "mask_reference_missing",
+                                      "series_key": None, "detail": "mask references a series that was not converted",
+                                      "exception_type": None})
             continue
-        vol_meta = next(v.meta for v in out.volumes if v.meta["volume_key"] == volume_key)
-        roi = clean_roi_name(m.roi_name, i)
-        mask_key = f"{volume_key}.m{i}"
+        vmeta = vol_meta[volume_key]
+        j = per_volume.get(volume_key, 0)  # numbered per volume: adding other series never renames a mask
+        per_volume[volume_key] = j + 1
+        roi = clean_roi_name(m.roi_name, j)
+        mask_key = f"{volume_key}.m{j}"
         rel = f"masks/{mask_key}"
         affine = np.asarray(next(v.affine for v in result.volumes
                                  if (v.series_uid, v.volume_index) == (m.referenced_series_uid,
                                                                         m.referenced_volume_index)))
-        voxels = int(np.count_nonzero(m.mask))
         meta = {"mask_key": mask_key, "volume_key": volume_key, "roi_name": roi, "source": m.source,
-                "patient_key": vol_meta["patient_key"], "modality": vol_meta["modality"], "voxels": voxels,
-                "shape": list(m.mask.shape)}
-        write_array(folder / rel, m.mask.astype(bool), affine=affine, spacing=tuple(vol_meta["spacing"]),
+                "patient_key": vmeta["patient_key"], "modality": vmeta["modality"],
+                "voxels": int(np.count_nonzero(m.mask)), "shape": list(m.mask.shape)}
+        write_array(folder / rel, m.mask.astype(bool), affine=affine, spacing=tuple(vmeta["spacing"]),
                     attrs={"medflow": meta})
-        out.masks.append(CollectedMask(rel=rel, meta=meta))
+        out["masks"].append({"rel": rel, "meta": meta})
+    out["rejections"].extend(rejection_record(r) for r in result.rejections)
+    out["routed"] = [rejection_record(r) for r in result.routed]
+    return {"summary": out, "pairs": {k: sorted(v) for k, v in pairs.items()}, "quarantine": result.rejections}
 
-    for kind, items in pairs.items():
-        vault.record_many(kind, sorted(items))
+
+def _unit_task(paths: list[pathlib.Path], folder: pathlib.Path, cached: bool, config: Any, keys: PseudonymKeys,
+               tag: str) -> dict[str, Any]:
+    """Worker entry: convert a unit into ``folder`` (atomically, with ``unit.json``, when ``cached``)."""
+    if not cached:
+        return _convert_unit(paths, folder, config=config, keys=keys, tag=tag)
+    with atomic_folder(folder) as stage:
+        res = _convert_unit(paths, stage, config=config, keys=keys, tag=tag)
+        (stage / UNIT_SUMMARY).write_text(canonical_json(res["summary"]))
+    return res
+
+
+def default_workers() -> int:
+    """Unit worker processes: one per core, at most 4 (each holds one unit's files in memory)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
+                 workspace: pathlib.Path, run_id: str | None = None, unit_salt: str | None = None,
+                 workers: int | None = None) -> CollectionSummary:
+    """Convert every series under ``source`` and write volumes/masks (PHI-free summary returned).
+
+    The source is partitioned into units, one per patient (:mod:`storage.dicom.units`); units
+    are converted in parallel worker processes (at most ``workers`` in flight, so memory is
+    bounded by that many units' files), each file read once (:mod:`storage.dicom.ingest`).
+
+    Parameters
+    ----------
+    source : path
+        Folder of DICOM files (any depth, any names); read-only.
+    folder : path
+        The collection's staging folder. Without ``unit_salt``, every volume/mask is written
+        below it (``rel`` is relative to it).
+    config : CollectionConfig
+    keys : PseudonymKeys
+    workspace : path
+        Quarantine records go to ``WORKSPACE/quarantine``, the pseudonym map to the vault.
+    unit_salt : str, optional
+        Digest of everything except the files that determines a unit's output (parameters,
+        code and library versions, pseudonymisation key id). When given, each unit is a
+        content-keyed artifact ``WORKSPACE/artifacts/collection-unit/<key>`` with
+        ``key = sha256(salt, sorted file digests)``: a unit converted before (by any run,
+        from any location) is a cache hit costing one small JSON read, and collected
+        volumes/masks carry ``base`` = that folder.
+    workers : int, optional
+        Worker processes (default :func:`default_workers`); 1 converts in this process.
+
+    Raises
+    ------
+    IngestBugError
+        A defect in medflow (or worker processes that cannot start), never a data defect:
+        damaged files are quarantined, the batch goes on.
+    """
+    from storage.dicom.scan import iter_files
+    from storage.dicom.units import partition
+
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    ws = Workspace(workspace)
+    units, unreadable = partition(list(iter_files(source)))
+    if unreadable:
+        units.append([(p, "") for p in unreadable])
+    out = CollectionSummary()
+    jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]] = []
+    done: list[tuple[pathlib.Path | None, dict[str, Any]]] = []
+    for files in units:
+        digests = sorted(sha for _p, sha in files)
+        tag = (digests[0] or "unreadable")[:12]
+        paths = [p for p, _sha in files]
+        if unit_salt is None:
+            jobs.append((tag, paths, folder, False))
+            continue
+        key = sha256_bytes(canonical_json([unit_salt, digests]).encode())
+        unit_folder = ws.artifact_dir(UNIT_STAGE, key)
+        summary_path = unit_folder / UNIT_SUMMARY
+        if (unit_folder / MANIFEST).is_file() and summary_path.is_file():
+            done.append((unit_folder, json.loads(summary_path.read_text())))
+            out.units_cached += 1
+        else:
+            jobs.append((tag, paths, unit_folder, True))
+    vault = Vault(workspace, keys)
     store = QuarantineStore(workspace)
-    for rej in result.rejections:
-        store.add(rej, run_id=run_id)
-        out.rejections.append(rejection_record(rej))
-    out.routed = [rejection_record(r) for r in result.routed]
+    for (tag, _paths, target, cached), res in zip(jobs, _run_units(jobs, config=config, keys=keys,
+                                                                    workers=workers or default_workers()),
+                                                  strict=True):
+        for kind, items in res["pairs"].items():
+            vault.record_many(kind, [tuple(x) for x in items])
+        for rej in res["quarantine"]:
+            store.add(rej, run_id=run_id)
+        done.append((target if cached else None, res["summary"]))
+        out.units_converted += 1
+        del tag
+    for base, summary in done:
+        out.n_files += int(summary["n_files"])
+        out.volumes.extend(CollectedVolume(rel=v["rel"], meta=v["meta"], base=base) for v in summary["volumes"])
+        out.masks.extend(CollectedMask(rel=m["rel"], meta=m["meta"], base=base) for m in summary["masks"])
+        out.rejections.extend(summary["rejections"])
+        out.routed.extend(summary["routed"])
+        out.qc.extend(summary["qc"])
+    out.volumes.sort(key=lambda v: (v.meta["series_key"], v.meta["volume_index"]))
+    out.masks.sort(key=lambda m: m.meta["mask_key"])
+    out.rejections.sort(key=lambda r: (str(r.get("reason")), str(r.get("sha256"))))
+    out.routed.sort(key=lambda r: (str(r.get("reason")), str(r.get("sha256"))))
+    out.qc.sort(key=lambda f: (str(f.get("volume_key")), str(f.get("code"))))
     return out
+
+
+def _run_units(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *, config: Any,
+               keys: PseudonymKeys, workers: int) -> list[dict[str, Any]]:
+    """Results of ``jobs`` in order: inline for one job or one worker, else in a process pool."""
+    if len(jobs) <= 1 or workers == 1:
+        return [_unit_task(paths, target, cached, config, keys, tag) for tag, paths, target, cached in jobs]
+    import concurrent.futures
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                                      mp_context=multiprocessing.get_context("forkserver"))
+    except OSError as exc:
+        raise IngestBugError("collection workers", "worker start-up", type(exc).__name__) from None
+    with pool:
+        try:
+            futures = [pool.submit(_unit_task, paths, target, cached, config, keys, tag)
+                       for tag, paths, target, cached in jobs]
+        except (OSError, BrokenProcessPool) as exc:
+            raise IngestBugError("collection workers", "worker start-up", type(exc).__name__) from None
+        results = []
+        for (tag, _paths, _target, _cached), fut in zip(jobs, futures, strict=True):
+            try:
+                results.append(fut.result())
+            except BrokenProcessPool:
+                raise IngestBugError("collection workers", f"unit sha256:{tag}", "BrokenProcessPool",
+                                     "a unit worker process died (killed, out of memory?)") from None
+        return results

@@ -1,4 +1,9 @@
-"""Collection stage task: DICOM folder -> pseudonymised Zarr volumes + masks (one keyed artifact folder)."""
+"""Collection stage task: DICOM folder -> pseudonymised Zarr volumes + masks.
+
+The task's own artifact folder holds ``collection.json``; volumes and masks live in one
+content-keyed folder per unit (patient) under ``artifacts/collection-unit/`` (see
+:func:`storage.collect.collect_into`), so adding patients to a source converts only theirs.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,17 @@ class CollectionOutput(BaseModel):
     n_files: int
     n_rejected: int
     n_routed: int
+    units_converted: int = 0
+    units_cached: int = 0
+
+
+def unit_salt(params: CollectionConfig, key_id: str) -> str:
+    """Everything but the files that determines a collection unit's output (its cache key's salt)."""
+    from tasks.versions import STAGE_VERSIONS, library_versions
+
+    return sha256_bytes(canonical_json({"params": params.model_dump(mode="json"), "key_id": key_id,
+                                        "code_version": STAGE_VERSIONS["collection"],
+                                        "libraries": library_versions()}).encode())
 
 
 def source_fingerprint(source: str | pathlib.Path) -> ArtifactRef:
@@ -47,13 +63,15 @@ def collect(workspace: str, source: str, content: ArtifactRef, params: Collectio
     """
     from storage.collect import collect_into
     from storage.pseudonym import PseudonymKeys
+    from tasks.common import sub_ref
 
     step = Step("collection", "collect", workspace, content=content, params=params, key_id=key_id)
     keys = PseudonymKeys.from_env()
     if keys.key_id() != key_id:
         raise RuntimeError("the pseudonymisation secret changed while the run was being set up")
     with atomic_folder(step.folder) as stage:
-        summary = collect_into(source, stage, config=params, keys=keys, workspace=step.ws.root)
+        summary = collect_into(source, stage, config=params, keys=keys, workspace=step.ws.root,
+                               unit_salt=unit_salt(params, key_id))
         write_json(stage / "collection.json", {
             "provenance": step.provenance(),
             "n_files": summary.n_files,
@@ -63,11 +81,19 @@ def collect(workspace: str, source: str, content: ArtifactRef, params: Collectio
             "routed": summary.routed,
             "qc": summary.qc,
         })
+
+    def ref(kind: str, item) -> ArtifactRef:
+        if item.base is None:
+            return step.ref(kind, item.rel, meta=item.meta)
+        return sub_ref(step.ws, item.base, kind, item.rel, meta=item.meta)
+
     return CollectionOutput(
         summary=step.ref("collection-summary", "collection.json"),
-        volumes=[step.ref("volume", v.rel, meta=v.meta) for v in summary.volumes],
-        masks=[step.ref("mask", m.rel, meta=m.meta) for m in summary.masks],
+        volumes=[ref("volume", v) for v in summary.volumes],
+        masks=[ref("mask", m) for m in summary.masks],
         n_files=summary.n_files,
         n_rejected=len(summary.rejections),
         n_routed=len(summary.routed),
+        units_converted=summary.units_converted,
+        units_cached=summary.units_cached,
     )
