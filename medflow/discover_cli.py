@@ -112,7 +112,9 @@ def analyse(features_long: pd.DataFrame | None, clinical: pd.DataFrame | None, s
         return results, table
     s_label = _label(params, stored_schema)
     results = knowledge.discover(stored, stored_schema, label=s_label, **kwargs)
-    placed = knowledge.place_cases(table, stored, stored_schema, k_similar=params.k_similar, label=s_label,
+    # only what the stored case base knows is compared (a workspace's own clinical columns are not its predictors)
+    shared = ["patient_key", *[c for c in table.columns if c != "patient_key" and c in stored.columns]]
+    placed = knowledge.place_cases(table[shared], stored, stored_schema, k_similar=params.k_similar, label=s_label,
                                    random_state=params.random_state, classifier=params.classifier,
                                    outer_folds=params.outer_folds, inner_folds=params.inner_folds,
                                    max_tree_depth=params.max_tree_depth)

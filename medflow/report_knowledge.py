@@ -409,8 +409,8 @@ def patient_section(key: str, p: dict[str, Any], results: dict[str, Any], *, lan
     for s in p.get("similar") or []:
         out = s.get("outcome") or {}
         rows.append({"case": s.get("patient_key"), "distance": s.get("distance"),
-                     **{k: v for k, v in out.items()},
-                     "shared features": ", ".join(map(str, (s.get("shared_features") or [])[:3]))})
+                     **{k: _outcome_value(v) for k, v in out.items()},
+                     "closest features": "; ".join(_shared(f) for f in (s.get("shared_features") or [])[:3])})
     parts.append(_table(rows) or f"<p>{_esc(t('none', lang))}</p>")
     parts.append(f"<h3>{_esc(t('survival_position', lang))}</h3>")
     group = p.get("survival_group")
@@ -428,6 +428,20 @@ def patient_section(key: str, p: dict[str, Any], results: dict[str, Any], *, lan
     parts.append(f"<p>{_esc(t('missing', lang))}: {_esc(', '.join(miss) if miss else t('none', lang))}</p>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _outcome_value(v: Any) -> Any:
+    """0/1 outcomes and day counts as integers; other values as they are."""
+    if isinstance(v, float) and not math.isnan(v) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _shared(f: Any) -> str:
+    if isinstance(f, dict):
+        d = f.get("difference_sd")
+        return f"{f.get('feature')} (Δ {d:.2f} SD)" if isinstance(d, int | float) else str(f.get("feature"))
+    return str(f)
 
 
 def _lang_text_list(value: Any, lang: str) -> list[str]:
@@ -455,7 +469,7 @@ def knowledge_sections(results: dict[str, Any], *, lang: str = "en") -> str:
                                                             else "cohort", lang)) + "</a>"]
     nav += [f"<a href='#patient-{_esc(k)}'>{_esc(k)}</a>" for k in pats]
     nav.append("<a href='#'>all</a></nav>")
-    parts = ["".join(nav), cohort_section(results, lang=lang)]
+    parts = [" ".join(nav), cohort_section(results, lang=lang)]
     parts += [patient_section(k, p, results, lang=lang) for k, p in pats.items()]
     return "\n".join(parts) + _SCRIPT
 
