@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -365,6 +366,14 @@ def collection_config(**overrides: Any):
                             pet_units="as_stored", **overrides)
 
 
+def _digest(arr, affine) -> str:
+    """Digest of a volume's voxels (values and dtype) and its affine (rounded to 1e-6 mm)."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.dtype).encode()
+                          + np.asarray(affine, float).round(6).tobytes()).hexdigest()
+
+
 def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.Path,
                  probe: list[str]) -> None:
     """Run the pipeline's collection on ``source`` into ``workspace``; write a JSON report."""
@@ -386,6 +395,22 @@ def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.
         inspect_file(source / rel, limits=limits)
         probe_times[rel] = time.perf_counter() - t0
     folder = ws.root / "collection"
+    # instrumentation: keep every converted volume (before QC) for the pixel oracle, outside the workspace
+    import storage.collect as collect_module
+
+    converted_dir = report.parent / f"{workspace.name}.converted"
+    converted_dir.mkdir(exist_ok=True)
+    name = next(n for n in ("collect_files", "collect_folder") if hasattr(collect_module, n))
+    real_collect = getattr(collect_module, name)
+
+    def recording_collect(*args: Any, **kwargs: Any):
+        res = real_collect(*args, **kwargs)
+        for i, v in enumerate(res.volumes):
+            np.savez(converted_dir / f"{i:05d}.npz", volume=v.volume, affine=np.asarray(v.affine, float),
+                     series_uid=np.array(str(v.series_uid)), volume_index=np.array(int(v.volume_index)))
+        return res
+
+    setattr(collect_module, name, recording_collect)
     t0 = time.perf_counter()
     summary = collect_into(source, folder, config=cfg, keys=keys, workspace=ws.root, run_id="fuzz")
     seconds = time.perf_counter() - t0
@@ -395,8 +420,7 @@ def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.
         affine, spacing = geometry(attrs)
         vols.append({"series_key": v.meta["series_key"], "volume_index": v.meta["volume_index"],
                      "volume_key": v.meta["volume_key"], "rel": v.rel, "shape": list(arr.shape),
-                     "digest": hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.dtype).encode()
-                                              + np.asarray(affine, float).round(6).tobytes()).hexdigest(),
+                     "digest": _digest(arr, affine),
                      "affine": np.asarray(affine, float).tolist()})
     masks = []
     for m in summary.masks:
@@ -450,12 +474,29 @@ def run_child(source: pathlib.Path, workspace: pathlib.Path, *, probe: list[str]
 # ----------------------------------------------------------------------------- checks
 
 
+@contextlib.contextmanager
+def _quiet():
+    """pydicom warns (and logs) at length about damaged values: silence it while reading mutants."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("pydicom")
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def _series_and_position(path: pathlib.Path):
     """(SeriesInstanceUID, rounded IPP) read by pydicom, or None when unreadable."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        with _quiet():
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         return str(ds.SeriesInstanceUID), tuple(round(float(x), 2) for x in ds.ImagePositionPatient)
     except (Exception, RecursionError):  # noqa: BLE001 - damaged input: no oracle
         return None
@@ -466,8 +507,9 @@ def _decoded(path: pathlib.Path):
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, force=True)
-        arr = ds.pixel_array.astype(np.float64)
+        with _quiet():
+            ds = pydicom.dcmread(path, force=True)
+            arr = ds.pixel_array.astype(np.float64)
         return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
     except (Exception, RecursionError):  # noqa: BLE001
         return None
@@ -480,7 +522,6 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
 
     from storage.dicom.guard import REASON_CODES
     from storage.pseudonym import PseudonymKeys
-    from storage.volumes import read_numpy
 
     keys = PseudonymKeys(FUZZ_SECRET)
     s: dict[str, Any] = {"mutations": len(plan["mutations"]), "files_in_batch": fuzz.get("n_files"),
@@ -543,21 +584,29 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
             series_of[rel] = keys.series_key(sp[0])
     converted: set[str] = set()
     clean_keys = set(clean_vols)
-    for v in fuzz["volumes"]:
-        if (v["series_key"], v["volume_index"]) in clean_keys:
-            continue
-        arr, _attrs = read_numpy(pathlib.Path(fuzz["_workspace"]) / "collection" / v["rel"])
-        affine = np.asarray(v["affine"])
+    written = {(v["series_key"], v["volume_index"]): v["digest"] for v in fuzz["volumes"]}
+    for npz in sorted(pathlib.Path(fuzz["_converted"]).glob("*.npz")):
+        with np.load(npz) as z:
+            series_key = keys.series_key(str(z["series_uid"]))
+            if (series_key, int(z["volume_index"])) in clean_keys:
+                continue
+            arr, affine = z["volume"], z["affine"]
+        # what the workspace holds (when the volume passed QC) is exactly what was converted
+        key = (series_key, int(z["volume_index"]))
+        if key in written and written.pop(key) != _digest(arr, affine):
+            s["wrong_conversions"].append(f"workspace volume of {npz.stem} differs from the converted array")
         for k in range(arr.shape[0]):
             pos = tuple(round(float(x), 2) for x in (affine @ np.array([k, 0, 0, 1.0]))[:3])
             ok = False
-            for rel in index.get((v["series_key"], pos), []):
+            for rel in index.get((series_key, pos), []):
                 want = _decoded(batch / rel)
                 if want is not None and want.shape == arr[k].shape and np.allclose(arr[k], want, rtol=1e-6, atol=1e-3):
                     converted.add(rel)
                     ok = True
             if not ok:
-                s["wrong_conversions"].append(f"volume {v['volume_key'][:16]} slice {k}")
+                s["wrong_conversions"].append(f"converted volume {npz.stem} (series {series_key[:12]}) slice {k}")
+    s["wrong_conversions"] += [f"workspace volume {k[0][:12]}#{k[1]} without a converted source"
+                               for k in written if k not in clean_keys]
     # 4. every damaged-series file converted or quarantined/routed
     for rel, sha in before.items():
         if rel.startswith(valid_prefix):
@@ -565,6 +614,15 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
         if rel not in converted and sha not in rejected and series_of.get(rel) not in rejected_series:
             kind = next((m["kind"] for m in plan["mutations"] if m["file"] == rel), "unmutated")
             s["lost_files"].append(f"{rel} ({kind})")
+    # outcome of each mutation kind (converted with correct pixels, or quarantined/routed)
+    outcomes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for m in plan["mutations"]:
+        rel = m["file"]
+        state = "converted" if rel in converted else ("quarantined" if before[rel] in rejected
+                                                      or series_of.get(rel) in rejected_series else "lost")
+        outcomes[m["kind"]][state] += 1
+    s["outcome_by_kind"] = {k: dict(v) for k, v in sorted(outcomes.items())}
+    s["damaged_series_files_converted"] = len(converted)
     # valid series files must not be quarantined
     for rel, sha in before.items():
         if rel.startswith(valid_prefix) and sha in rejected:
@@ -595,7 +653,7 @@ def run_fuzz(*, n: int, seed: int, out: pathlib.Path, full: bool = True, per_ser
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     batch = out / "batch"
     before = snapshot(batch)
-    for ws in (out / "ws-clean", out / "ws-fuzz"):
+    for ws in (out / "ws-clean", out / "ws-fuzz", out / "ws-clean.converted", out / "ws-fuzz.converted"):
         if ws.exists():
             shutil.rmtree(ws)
     limit = timeout_s or (300.0 + FILE_TIME_LIMIT_S * 4 + 2.0 * len(before))
@@ -605,6 +663,7 @@ def run_fuzz(*, n: int, seed: int, out: pathlib.Path, full: bool = True, per_ser
     damaged = [m["file"] for m in plan["mutations"]]
     fuzz = run_child(batch, out / "ws-fuzz", probe=damaged, timeout_s=limit + FILE_TIME_LIMIT_S * len(damaged))
     fuzz["_workspace"] = str(out / "ws-fuzz")
+    fuzz["_converted"] = str(out / "ws-fuzz.converted")
     summary = check(plan, clean, fuzz, batch, before)
     summary["kinds"] = dict(sorted(collections.Counter(m["kind"] for m in plan["mutations"]).items()))
     summary["seed"], summary["total_seconds"] = seed, round(time.perf_counter() - t0, 1)
