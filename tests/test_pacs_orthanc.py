@@ -128,3 +128,102 @@ def _volume_digests(source: pathlib.Path, workspace: pathlib.Path, keys) -> dict
         out[("mask", m.meta["volume_key"], m.meta["roi_name"])] = hashlib.sha256(arr.tobytes()).hexdigest()
     assert not summary.rejections, summary.rejections
     return out
+
+
+def test_dimse_pull_equals_folder_ingest(orthanc, shared_data, keys, tmp_path):
+    """C-FIND + C-MOVE to our SCP by patient: the staged study collects to the same voxels as the folder."""
+    from storage.pacs.catalog import transfers
+    from storage.pacs.pull import pull
+
+    ws = tmp_path / "ws"
+    report = pull(orthanc.dimse_uri("patient=STS_001"), ws, keys=keys, retries=1, backoff_s=0.1, timeout_s=30)
+    n_files = len(_files(shared_data, "STS_001"))
+    assert (report.n_complete, report.n_incomplete, report.stored) == (1, 0, n_files)
+    assert report.studies[0].n_expected == n_files
+    staged = ws / report.staging
+    assert sum(1 for p in staged.rglob("*.dcm")) == n_files
+    assert (os.stat(ws / "incoming").st_mode & 0o077) == 0
+    # nothing of the query (the patient ID) or any original UID appears in a staged path
+    assert "STS_001" not in "".join(str(p) for p in (ws / "incoming").rglob("*"))
+    rows = transfers(ws, pull_key=report.pull_key)
+    assert [(r["complete"], r["n_missing"]) for r in rows] == [(True, 0)]
+
+    folder = tmp_path / "folder"
+    shutil.copytree(shared_data / "sts_cohort" / "dicom" / "STS_001", folder)
+    assert _volume_digests(staged, tmp_path / "w1", keys) == _volume_digests(folder, tmp_path / "w2", keys)
+
+    again = pull(orthanc.dimse_uri("patient=STS_001"), ws, keys=keys, retries=1, backoff_s=0.1, timeout_s=30)
+    assert (again.stored, again.attempts, again.n_complete) == (0, 0, 1)  # held already: nothing retrieved
+
+
+def test_dicomweb_pull_equals_folder_ingest(orthanc, shared_data, keys, tmp_path, dicomweb_env):
+    """QIDO-RS by relative-free date range + modality, WADO-RS by series: same voxels as the folder ingest."""
+    from storage.pacs.pull import pull
+
+    ws = tmp_path / "ws"
+    uri = orthanc.dicomweb_uri("study_date=2005-04-14..2005-04-16&modality=PT")  # STS_003's study
+    report = pull(uri, ws, keys=keys, retries=1, backoff_s=0.1, timeout_s=30)
+    n_files = len(_files(shared_data, "STS_003"))
+    assert (report.n_complete, report.n_incomplete, report.stored) == (1, 0, n_files)
+    folder = tmp_path / "folder"
+    shutil.copytree(shared_data / "sts_cohort" / "dicom" / "STS_003", folder)
+    assert _volume_digests(ws / report.staging, tmp_path / "w1", keys) == _volume_digests(folder, tmp_path / "w2",
+                                                                                           keys)
+
+
+def test_dicomweb_credentials_only_from_environment(orthanc, keys, tmp_path, monkeypatch):
+    from storage.pacs.model import PacsError
+    from storage.pacs.pull import pull
+    from storage.pacs.uri import PacsUriError
+
+    with pytest.raises(PacsUriError, match="environment"):
+        pull(orthanc.dicomweb_uri("patient=STS_001").replace("http://", f"http://{USER}:{PASSWORD}@"), tmp_path,
+             keys=keys)
+    monkeypatch.delenv("MEDFLOW_DICOMWEB_USER", raising=False)
+    monkeypatch.delenv("MEDFLOW_DICOMWEB_PASSWORD", raising=False)
+    with pytest.raises(PacsError, match="HTTP 401"):
+        pull(orthanc.dicomweb_uri("patient=STS_001"), tmp_path, keys=keys, retries=0)
+
+
+@pytest.mark.parametrize("protocol", ["dimse-get", "dicomweb"])
+def test_instance_deleted_between_query_and_retrieve(orthanc, shared_data, keys, tmp_path, dicomweb_env, protocol):
+    """The study is reported incomplete (catalog: counts + pseudonymised UID), not staged; a later pull completes it."""
+    import pydicom
+
+    from storage.pacs.catalog import transfers
+    from storage.pacs.pull import Holding, execute, query
+    from storage.pacs.uri import parse_source
+
+    uri = (orthanc.dimse_uri("patient=STS_003", retrieve="get") if protocol == "dimse-get"
+           else orthanc.dicomweb_uri("patient=STS_003"))
+    source = parse_source(uri)
+    plan = query(source, timeout_s=30)
+    n_expected = plan.n_instances
+    victim = next(f for f in _files(shared_data, "STS_003") if "/CT/image/" in f.as_posix())
+    sop = str(pydicom.dcmread(victim, stop_before_pixels=True).SOPInstanceUID)
+    orthanc.delete_instance(orthanc.find_instance(sop))
+    try:
+        ws = tmp_path / "ws"
+        report = execute(source, plan, ws, keys=keys, retries=2, backoff_s=0.05, timeout_s=30)
+        assert (report.n_complete, report.n_incomplete) == (0, 1)
+        assert report.attempts == 3  # first pass + 2 retries for the missing instance
+        st = report.studies[0]
+        assert (st.n_expected, st.n_held, st.n_missing) == (n_expected, n_expected - 1, 1)
+        assert not any((ws / report.staging).iterdir())  # an incomplete study never reaches the pipeline
+        rows = transfers(ws, pull_key=report.pull_key)
+        assert [(r["complete"], r["n_missing"]) for r in rows] == [(False, 1)]
+        assert rows[0]["missing"][0]["sop_uid"] == keys.new_uid(sop) != sop  # pseudonymised
+        assert sop not in repr(report.as_dict())
+    finally:
+        orthanc.upload([victim])
+    report = execute(source, plan, ws, keys=keys, retries=2, backoff_s=0.05, timeout_s=30)
+    assert (report.n_complete, report.stored, report.attempts) == (1, 1, 1)  # only the missing one retrieved
+    assert sum(1 for _ in (ws / report.staging).rglob("*.dcm")) == n_expected
+    assert [(r["complete"], r["n_missing"]) for r in transfers(ws, pull_key=report.pull_key)] == [(True, 0)]
+    # an instance that arrives again with the same content is skipped, not duplicated
+    hdr = pydicom.dcmread(victim, stop_before_pixels=True)
+    holding = Holding(ws, keys)
+    held = holding.path(str(hdr.StudyInstanceUID), str(hdr.SeriesInstanceUID), sop)
+    holding.receive(held.read_bytes())
+    assert (holding.skipped, holding.stored, holding.replaced) == (1, 0, 0)
+    assert sum(1 for _ in held.parent.iterdir()) == len(list(held.parent.glob("*.dcm")))

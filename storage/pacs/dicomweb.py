@@ -55,6 +55,27 @@ def _val(item: dict, tag: str) -> str:
     return str(v[0]).strip()
 
 
+_PAGE = 500
+
+
+def _search_all(search, uid_tag: str, **kwargs) -> list[dict]:
+    """All results of a QIDO-RS search, paged with limit/offset; stops when a page brings nothing new
+    (some servers ignore ``offset``, which would make "until an empty page" loop for ever)."""
+    out: dict[str, dict] = {}
+    offset = 0
+    while True:
+        page = search(limit=_PAGE, offset=offset, **kwargs)
+        new = 0
+        for item in page:
+            uid = _val(item, uid_tag)
+            if uid and uid not in out:
+                out[uid] = item
+                new += 1
+        if len(page) < _PAGE or new == 0:
+            return list(out.values())
+        offset += len(page)
+
+
 def query(source: PacsSource, *, timeout_s: float) -> PullPlan:
     """QIDO-RS studies -> series -> instances: the expected instances of every matching study."""
     c = client(source, timeout_s=timeout_s)
@@ -66,20 +87,20 @@ def query(source: PacsSource, *, timeout_s: float) -> PullPlan:
             filters = {k: v for k, v in (("StudyInstanceUID", uid), ("PatientID", q.patient),
                                          ("StudyDate", q.study_date), ("AccessionNumber", q.accession),
                                          ("ModalitiesInStudy", q.modality)) if v}
-            for item in c.search_for_studies(search_filters=filters, get_remaining=True):
+            for item in _search_all(c.search_for_studies, "0020000D", search_filters=filters):
                 u = _val(item, "0020000D")
                 if u and u not in studies:
                     studies.append(u)
         for study_uid in studies:
             series = []
-            for item in c.search_for_series(study_instance_uid=study_uid, get_remaining=True,
-                                            fields=["NumberOfSeriesRelatedInstances", "Modality"]):
+            for item in _search_all(c.search_for_series, "0020000E", study_instance_uid=study_uid,
+                                    fields=["NumberOfSeriesRelatedInstances", "Modality"]):
                 n = _val(item, "00201209")
                 series.append(ExpectedSeries(study_uid=study_uid, series_uid=_val(item, "0020000E"),
                                              modality=_val(item, "00080060"), count=int(n) if n.isdigit() else None))
             for s in series:
-                for item in c.search_for_instances(study_instance_uid=study_uid, series_instance_uid=s.series_uid,
-                                                   fields=["SOPClassUID"], get_remaining=True):
+                for item in _search_all(c.search_for_instances, "00080018", study_instance_uid=study_uid,
+                                        series_instance_uid=s.series_uid, fields=["SOPClassUID"]):
                     s.instances[_val(item, "00080018")] = _val(item, "00080016")
             plan.studies[study_uid] = series
     except Exception as exc:  # noqa: BLE001 - classified and re-raised
