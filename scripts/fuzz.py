@@ -49,7 +49,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
+SHARED = pathlib.Path(os.environ.get("MEDFLOW_SHARED_DATA", str(REPO.parent / "shared" / "data")))
 STS_IBSI = SHARED / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom"
 COHORT = SHARED / "sts_cohort" / "dicom"
 FUZZ_SECRET = "medflow-fuzz-secret-not-for-real-data"
