@@ -176,6 +176,7 @@ def test_medflow_run_fails_with_one_phi_free_line(sample_dicom, tmp_path):
         "_p._volume_from_slices = _broken\n")
     ws, home = tmp_path / "ws", tmp_path / "prefect-home"
     env = {**os.environ, "PREFECT_HOME": str(home), "MEDFLOW_SECRET_KEY": "fault-cli-secret-0123456789",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
            "PYTHONPATH": os.pathsep.join([str(hook), str(pathlib.Path(__file__).resolve().parents[1])])}
     medflow = pathlib.Path(sys.executable).with_name("medflow")
     proc = subprocess.run([str(medflow), "run", str(src), "--workspace", str(ws)], env=env,
