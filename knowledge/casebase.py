@@ -188,10 +188,10 @@ def patient_case_base(features_long: pd.DataFrame, clinical: pd.DataFrame | None
         agg = (rows["aggregation"] if "aggregation" in rows else pd.Series("", index=rows.index)).fillna("")
         image = (rows["image"] if "image" in rows else pd.Series("original", index=rows.index)).fillna("original")
         prefix = image.astype(str).map(lambda v: "" if v == "original" else f"{v}.")
-        fam, name = rows["family"].astype(str), rows["feature"].astype(str)
-        # IBSI feature names may already carry their family ("morph.vol"): do not repeat it
-        qualified = [n if n.startswith(f + ".") else f"{f}.{n}" for f, n in zip(fam, name, strict=True)]
-        feat = prefix + pd.Series(qualified, index=rows.index) + agg.astype(str).map(lambda a: f".{a}" if a else "")
+        # "<family>.<feature>[.<aggregation>]" exactly as the per-ROI case table names it (IBSI names that
+        # carry their family, e.g. "morph.vol", read "morph.morph.vol": kept for compatibility with stored bases)
+        feat = prefix + rows["family"].astype(str) + "." + rows["feature"].astype(str) + \
+            agg.astype(str).map(lambda a: f".{a}" if a else "")
         roles = [roi_role(n, s) for n, s in zip(rows["roi_name"], source, strict=True)]
         long = rows.assign(_col=rows["modality"].map(modality_code) + ":" + pd.Series(roles, index=rows.index)
                            + ":" + feat)
