@@ -109,9 +109,10 @@ class Catalog:
             for row in rows:
                 session.merge(row)
 
-    def register_volume(self, ref: Any) -> None:
+    @staticmethod
+    def _volume_rows(ref: Any) -> list[Base]:
         m = ref.meta
-        self.upsert([
+        return [
             Patient(patient_key=m["patient_key"]),
             Study(study_key=m["study_key"], patient_key=m["patient_key"]),
             Series(series_key=m["series_key"], study_key=m["study_key"], modality=m.get("modality", ""),
@@ -119,25 +120,70 @@ class Catalog:
             Volume(volume_key=m["volume_key"], series_key=m["series_key"], uri=ref.uri, digest=ref.digest,
                    kind=m.get("kind", "3d"), shape=m.get("shape"), spacing=m.get("spacing"),
                    meta=json.loads(json.dumps(m.get("info", {})))),
-        ])
+        ]
+
+    @staticmethod
+    def _mask_rows(ref: Any) -> list[Base]:
+        m = ref.meta
+        return [Mask(mask_key=m["mask_key"], volume_key=m["volume_key"], roi_name=m["roi_name"],
+                     source=m.get("source", "rtstruct"), uri=ref.uri, digest=ref.digest, voxels=m.get("voxels"))]
+
+    @staticmethod
+    def _qc_rows(series_key: str, findings: list[dict[str, Any]], volume_index: int) -> list[Base]:
+        return [QCFindingRow(id=f"{series_key}:{volume_index}:{f['code']}", series_key=series_key,
+                             code=f["code"], severity=f["severity"], message=f["message"][:512],
+                             value=f.get("value")) for f in findings]
+
+    @staticmethod
+    def _quarantine_rows(records: list[dict[str, Any]]) -> list[Base]:
+        return [QuarantineRow(sha256=r["sha256"], reason=r["reason"], detail=r["detail"][:512],
+                              exception_type=r.get("exception_type")) for r in records]
+
+    def register_volume(self, ref: Any) -> None:
+        self.upsert(self._volume_rows(ref))
 
     def register_mask(self, ref: Any) -> None:
-        m = ref.meta
-        self.upsert([Mask(mask_key=m["mask_key"], volume_key=m["volume_key"], roi_name=m["roi_name"],
-                          source=m.get("source", "rtstruct"), uri=ref.uri, digest=ref.digest,
-                          voxels=m.get("voxels"))])
+        self.upsert(self._mask_rows(ref))
 
     def register_artifact(self, ref: Any, *, stage: str | None = None) -> None:
         self.upsert([Artifact(uri=ref.uri, kind=ref.kind, digest=ref.digest, stage=stage, meta=dict(ref.meta))])
 
     def register_qc(self, series_key: str, findings: list[dict[str, Any]], *, volume_index: int = 0) -> None:
-        self.upsert([QCFindingRow(id=f"{series_key}:{volume_index}:{f['code']}", series_key=series_key,
-                                  code=f["code"], severity=f["severity"], message=f["message"][:512],
-                                  value=f.get("value")) for f in findings])
+        self.upsert(self._qc_rows(series_key, findings, volume_index))
 
     def register_quarantine(self, records: list[dict[str, Any]]) -> None:
-        self.upsert([QuarantineRow(sha256=r["sha256"], reason=r["reason"], detail=r["detail"][:512],
-                                   exception_type=r.get("exception_type")) for r in records])
+        self.upsert(self._quarantine_rows(records))
+
+    def register_collection(self, volumes: list[Any], masks: list[Any], *, qc: list[dict[str, Any]] = (),
+                            rejections: list[dict[str, Any]] = (),
+                            artifacts: dict[str, list[Any]] | None = None) -> int:
+        """Everything one collection (and run) produced, upserted in ONE transaction.
+
+        Same rows as :meth:`register_volume`, :meth:`register_mask`, :meth:`register_qc`
+        (``volume_index`` taken from each finding's ``volume_key``, ``...v<index>``),
+        :meth:`register_quarantine` and :meth:`register_artifact` one by one, without a
+        transaction (and an SQLite fsync) per row. Rows repeated in the input (a patient of
+        several volumes) are merged once. Returns the number of rows written.
+        """
+        rows: dict[tuple, Base] = {}
+
+        def add(items: list[Base]) -> None:
+            for row in items:
+                pk = tuple(getattr(row, c.key) for c in row.__mapper__.primary_key)
+                rows[(type(row).__name__, *pk)] = row
+
+        for v in volumes:
+            add(self._volume_rows(v))
+        for m in masks:
+            add(self._mask_rows(m))
+        for f in qc:
+            index = int(str(f.get("volume_key", "v0")).rsplit("v", 1)[-1] or 0)
+            add(self._qc_rows(f["series_key"], [f], index))
+        add(self._quarantine_rows(list(rejections)))
+        for stage, refs in (artifacts or {}).items():
+            add([Artifact(uri=r.uri, kind=r.kind, digest=r.digest, stage=stage, meta=dict(r.meta)) for r in refs])
+        self.upsert(list(rows.values()))
+        return len(rows)
 
     def count(self, table: type[Base]) -> int:
         with Session(self.engine) as session:
