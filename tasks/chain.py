@@ -15,7 +15,6 @@ Independent volumes are submitted together (:func:`flows.pipeline.pipeline`): lo
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from typing import Any
@@ -105,9 +104,7 @@ def volume_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], 
         t0 = time.perf_counter()
         out, state = cached_step(fn, workspace, output, **kwargs)
         steps.append({"task": fn.name, "state": state, "seconds": round(time.perf_counter() - t0, 3)})
-        if state != "Cached":
-            gc.collect()  # arrays of this step are gone: give their memory back before the next one
-        return out
+        return out  # the step's arrays are freed by reference counting here (no gc.collect: it cost seconds)
 
     pre = step(preprocess, PreprocessOutput, volume=volume, masks=masks, params=preprocessing, compute=compute)
     proc = None
