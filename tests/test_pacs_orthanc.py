@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -227,3 +228,87 @@ def test_instance_deleted_between_query_and_retrieve(orthanc, shared_data, keys,
     holding.receive(held.read_bytes())
     assert (holding.skipped, holding.stored, holding.replaced) == (1, 0, 0)
     assert sum(1 for _ in held.parent.iterdir()) == len(list(held.parent.glob("*.dcm")))
+
+
+@pytest.mark.parametrize("store_by", ["dicomweb", "dimse"])
+def test_seg_and_sr_round_trip(orthanc, keys, tmp_path, dicomweb_env, store_by):
+    """medflow's masks -> DICOM SEG and features -> TID 1500 SR on the pseudonymised series, stored
+    (STOW-RS or C-STORE), read back by WADO-RS: masks and values equal medflow's."""
+    from dicomweb_client.api import DICOMwebClient
+    from highdicom.seg import Segmentation
+
+    from imaging.features import extract_features
+    from medflow.config import AnalysisConfig, CollectionConfig
+    from storage.collect import collect_into
+    from storage.pacs.pull import pull
+    from storage.pacs.uri import parse_source
+    from storage.pacs.writeback import MaskInput, feature_code, sr_values, write_back_volume
+    from storage.volumes import read_numpy
+    from tasks.analysis import settings_for
+
+    ws = tmp_path / "ws"
+    report = pull(orthanc.dicomweb_uri("patient=STS_001"), ws, keys=keys, retries=1, backoff_s=0.1, timeout_s=30)
+    staging = ws / report.staging
+    summary = collect_into(staging, ws / "coll", config=CollectionConfig(), keys=keys, workspace=ws)
+    vol = next(v for v in summary.volumes if v.meta["modality"] == "CT")
+    image, attrs = read_numpy(ws / "coll" / vol.rel)
+    masks = []
+    for m in (m for m in summary.masks if m.meta["volume_key"] == vol.meta["volume_key"]):
+        arr, _ = read_numpy(ws / "coll" / m.rel)
+        masks.append(MaskInput(roi_name=m.meta["roi_name"], mask=arr.astype(bool), source=m.meta["source"]))
+    # a second, automatic ROI (medflow-derived) so the SEG carries two segments of both kinds
+    auto = masks[0].mask.copy()
+    auto[: auto.shape[0] // 2] = False
+    masks.append(MaskInput(roi_name="auto_lower_half", mask=auto, source="auto"))
+    settings = settings_for("CT", AnalysisConfig()).model_copy(update={"families": ("morph", "stat", "ih")})
+    spacing = tuple(float(s) for s in attrs["spacing"])
+    table = pd.concat([extract_features(image, m.mask, spacing=spacing, settings=settings).assign(roi_name=m.roi_name)
+                       for m in masks], ignore_index=True)
+    affine = np.asarray(attrs["affine"], dtype=float)
+    target = parse_source(orthanc.dicomweb_uri("patient=x") if store_by == "dicomweb"
+                          else orthanc.dimse_uri("patient=x"))
+    result, stored = write_back_volume(target, staging=staging, volume_key=vol.meta["volume_key"],
+                                       series_key=vol.meta["series_key"], affine=affine, masks=masks, features=table,
+                                       keys=keys, timeout_s=30)
+    seg_ds, sr_ds = stored[-2], stored[-1]
+    # the references point at the pseudonymised copy of the series, which is stored too
+    assert result.source_series_uid == keys.new_uid(vol_series_uid(staging, vol.meta["series_key"]))
+    assert all(str(d.PatientID) == vol.meta["patient_key"] for d in stored[:-2])
+
+    client = DICOMwebClient(url=orthanc.url + "/dicom-web", session=orthanc.session())
+    back_seg = Segmentation.from_dataset(client.retrieve_instance(
+        str(seg_ds.StudyInstanceUID), str(seg_ds.SeriesInstanceUID), str(seg_ds.SOPInstanceUID)))
+    back_sr = client.retrieve_instance(str(sr_ds.StudyInstanceUID), str(sr_ds.SeriesInstanceUID),
+                                       str(sr_ds.SOPInstanceUID))
+    assert str(back_seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == result.source_series_uid
+    sources = stored[:-2]
+    from storage.pacs.writeback import slice_order
+
+    order = slice_order(sources, affine, image.shape[0])
+    pixels = back_seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(d.SOPInstanceUID) for d in sources],
+        segment_numbers=list(range(1, len(masks) + 1)), assert_missing_frames_are_empty=True)
+    for j, m in enumerate(masks):
+        restored = np.zeros_like(m.mask)
+        restored[order] = pixels[:, :, :, j].astype(bool)
+        assert np.array_equal(restored, m.mask), m.roi_name
+        assert m.mask.any()
+    values = sr_values(back_sr)
+    assert set(values) == {f"ROI {m.roi_name}" for m in masks}
+    n = 0
+    for m in masks:
+        rows = table[table["roi_name"] == m.roi_name]
+        expected = {feature_code(r.family, r.feature, r.aggregation): float(r.value)
+                    for r in rows.itertuples(index=False) if np.isfinite(r.value)}
+        assert values[f"ROI {m.roi_name}"].keys() == expected.keys()
+        for code, v in expected.items():
+            assert values[f"ROI {m.roi_name}"][code] == pytest.approx(v, rel=1e-12, abs=1e-12)
+        n += len(expected)
+    assert n == result.n_values > 20
+
+
+def vol_series_uid(staging: pathlib.Path, series_key: str) -> str:
+    import pydicom
+
+    f = next(staging.glob(f"*/{series_key}/*.dcm"))
+    return str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID)

@@ -114,11 +114,11 @@ def build_seg(source: Sequence[Dataset], affine: np.ndarray, masks: Sequence[Mas
         series_description="medflow segmentations")
 
 
-def build_sr(seg: Dataset, features, *, series_number: int = 9902, software_version: str = "medflow") -> Dataset:
+def build_sr(seg: Dataset, features, *, source: Sequence[Dataset] = (), series_number: int = 9902, software_version: str = "medflow") -> Dataset:
     """A Comprehensive 3D SR (TID 1500) with one volumetric ROI group per SEG segment.
 
     ``features`` is a table with columns ``roi_name, family, feature, aggregation, value`` (and
-    optionally ``image``); rows whose ``roi_name`` is not a segment label, or whose value is not
+    optionally ``image``); ``source`` are the instances the SEG references (the SR's evidence). Rows whose ``roi_name`` is not a segment label, or whose value is not
     finite, are left out. Each value is a NUM item whose concept is :func:`feature_code`.
     """
     import highdicom as hd
@@ -158,7 +158,7 @@ def build_sr(seg: Dataset, features, *, series_number: int = 9902, software_vers
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
                                      imaging_measurements=groups)
     return hd.sr.Comprehensive3DSR(
-        evidence=[seg], content=report, series_instance_uid=hd.UID(), series_number=series_number,
+        evidence=[seg, *source], content=report, series_instance_uid=hd.UID(), series_number=series_number,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
         series_description="medflow features (TID 1500)", is_complete=True, is_final=False)
 
@@ -228,7 +228,7 @@ def write_back_volume(target, *, staging: pathlib.Path, volume_key: str, series_
     if not identified:
         source = deidentified(source, keys=keys)
     seg = build_seg(source, affine, masks, software_version=software_version)
-    sr = build_sr(seg, features, software_version=software_version)
+    sr = build_sr(seg, features, source=source, software_version=software_version)
     datasets = ([] if identified else list(source)) + [seg, sr]
     store(target, datasets, timeout_s=timeout_s)
     n_values = sum(len(v) for v in sr_values(sr).values())
