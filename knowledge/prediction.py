@@ -119,7 +119,7 @@ def build_pipeline(kind: str, *, random_state: int) -> tuple[Pipeline, dict[str,
         model: Any = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000)
         grid: dict[str, list[Any]] = {"model__C": [0.1, 1.0]}
     elif kind == "svm":
-        model = SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced", probability=False,
+        model = SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced",
                     random_state=random_state)
         grid = {"model__C": [1.0, 10.0]}
     elif kind == "random_forest":
