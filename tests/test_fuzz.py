@@ -101,3 +101,21 @@ def test_regression_top_level_wrong_vr(fuzz, shared_data, tmp_path, keyword):
                            workspace=tmp_path / "ws", run_id="regression")
     assert [v.meta["shape"][0] for v in summary.volumes] == [len(files) - 1]
     assert [r["reason"] for r in summary.rejections] == ["unreadable_header"]
+
+
+def test_regression_patient_of_never_raises(fuzz, shared_data):
+    """Found by ``scripts/fuzz.py --n 300 --seed 2`` (and the CI seed set): a file cut inside the File
+    Meta group length (at byte 140) made ``storage.dicom.units.patient_of`` raise ``struct.error`` and
+    the whole collection crashed. Every prefix and 300 seeded mutations of a real file must give a
+    PatientID or None."""
+    from storage.dicom.units import patient_of
+
+    data = sorted((shared_data / "sts_cohort" / "dicom" / "STS_003" / "CT" / "image").glob("*.dcm"))[0].read_bytes()
+    body = fuzz.body_offset(data)
+    for n in [*range(0, body + 64), len(data) // 2, len(data) - 1]:
+        assert patient_of(data[:n]) in (None, "", "STS_003"), n
+    rng = random.Random(2)
+    kinds = [k for k in fuzz.KINDS if k not in ("duplicate", "conflict", "deflate_bomb")]
+    for _ in range(300):
+        mutated, _what = fuzz.mutate(rng.choice(kinds), data, rng)
+        assert patient_of(mutated) is None or isinstance(patient_of(mutated), str)

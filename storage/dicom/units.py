@@ -81,7 +81,7 @@ def patient_of(data: bytes) -> str | None:
     if len(data) >= 132 and data[128:132] == b"DICM":
         pos = 132
         # File Meta (explicit VR LE); its length is in (0002,0000)
-        if data[pos:pos + 4] == b"\x02\x00\x00\x00" and data[pos + 4:pos + 6] == b"UL":
+        if data[pos:pos + 4] == b"\x02\x00\x00\x00" and data[pos + 4:pos + 6] == b"UL" and len(data) >= pos + 12:
             meta_len = struct.unpack_from("<L", data, pos + 8)[0]
             pos = pos + 12 + meta_len
         else:
