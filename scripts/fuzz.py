@@ -412,7 +412,11 @@ def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.
 
     setattr(collect_module, name, recording_collect)
     t0 = time.perf_counter()
-    summary = collect_into(source, folder, config=cfg, keys=keys, workspace=ws.root, run_id="fuzz")
+    # one process converts (workers=1) so that the recording above sees every converted volume
+    import inspect
+
+    extra = {"workers": 1} if "workers" in inspect.signature(collect_into).parameters else {}
+    summary = collect_into(source, folder, config=cfg, keys=keys, workspace=ws.root, run_id="fuzz", **extra)
     seconds = time.perf_counter() - t0
     vols = []
     for v in summary.volumes:
