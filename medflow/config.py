@@ -229,10 +229,31 @@ class ComputeConfig(_Model):
                                        "runs chunk by chunk with a merge across chunk faces.")
 
 
+class PacsConfig(_Model):
+    """PACS pulls (``source`` = ``dimse://AET@host:port?...`` or ``dicomweb+http(s)://host/path?...``) and write-back.
+
+    Credentials never live here: DICOMweb reads MEDFLOW_DICOMWEB_USER/PASSWORD or MEDFLOW_DICOMWEB_TOKEN.
+    """
+
+    retries: int = Field(3, ge=0, description="Further attempts for missing instances and transient IO errors.")
+    backoff_s: float = Field(2.0, ge=0, description="Wait before retry i: backoff_s * 2**i seconds.")
+    timeout_s: float = Field(60.0, gt=0, description="Network timeout of each DIMSE/HTTP exchange, seconds.")
+    scp_bind_address: str = Field("0.0.0.0", description="Where our C-STORE SCP listens during a C-MOVE "
+                                                         "(the PACS must reach it at the registered host/port).")
+    write_back: bool = Field(False, description="Store masks as DICOM SEG and features as a TID 1500 SR in the PACS.")
+    write_back_target: str | None = Field(
+        None, description="PACS URI to store results to (dimse:// or dicomweb+http(s)://, query part ignored); "
+                          "null: the source PACS.")
+    write_back_identified: bool = Field(
+        False, description="Reference the original (identified) series instead of storing and referencing the "
+                           "pseudonymised copy.")
+
+
 class PipelineConfig(_Model):
     """Everything one pipeline run needs. Paths are the only environment-specific values."""
 
-    source: str = Field(description="Folder of DICOM files (any depth, any file names).")
+    source: str = Field(description="Folder of DICOM files (any depth, any file names), or a PACS query URI "
+                                    "(dimse://AET@host:port?... or dicomweb+http(s)://host/path?...; see storage.pacs.uri).")
     workspace: str = Field(description="Workspace folder (artifacts, catalog, cache records, reports).")
     clinical: str | None = Field(None, description="Clinical case table (CSV or Parquet), optional.")
     catalog_url: str | None = Field(
@@ -244,6 +265,7 @@ class PipelineConfig(_Model):
     analysis: AnalysisConfig = AnalysisConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     compute: ComputeConfig = ComputeConfig()
+    pacs: PacsConfig = PacsConfig()
 
 
 def load_config(path: str | pathlib.Path | None, **overrides) -> PipelineConfig:

@@ -147,8 +147,10 @@ def _refuse_credentials(uri: str, netloc: str, protocol: str) -> None:
                            "the part before @ is the PACS's AE title")
 
 
-def parse_source(uri: str, *, today: _dt.date | None = None) -> PacsSource:
+def parse_source(uri: str, *, today: _dt.date | None = None, require_query: bool = True) -> PacsSource:
     """Parse and validate a PACS source URI; relative dates are resolved against ``today``.
+
+    ``require_query=False`` accepts a URI without query keys (a write-back target).
 
     Raises
     ------
@@ -183,7 +185,7 @@ def parse_source(uri: str, *, today: _dt.date | None = None) -> PacsSource:
                       else "",
                       modality=values.get("modality", "").upper(), accession=values.get("accession", ""),
                       study_uids=uids)
-    if not query.canonical():
+    if require_query and not query.canonical():
         raise PacsUriError("PACS source URI has no query key: give at least one of " + ", ".join(QUERY_KEYS)
                            + " (an unrestricted query would pull the whole archive)")
     try:
