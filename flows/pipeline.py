@@ -115,6 +115,19 @@ def _api_for_workers(remote: bool) -> Iterator[None]:
         yield
 
 
+def _local_source(run: _Runner, ws: Workspace, config: PipelineConfig, key_id: str) -> str:
+    """The folder collection reads: ``config.source`` itself or, for a PACS URI, the complete studies it
+    pulled into ``WORKSPACE/incoming/<pull key>`` (private; see :mod:`storage.pacs.pull`)."""
+    from storage.pacs.uri import is_pacs_uri
+
+    if not is_pacs_uri(config.source):
+        return config.source
+    from tasks.pacs import pull as pull_task
+
+    pulled = run(pull_task, str(ws.root), config.source, config.pacs, key_id, config.catalog_url)
+    return str(ws.root / pulled.staging)
+
+
 def _register(ws: Workspace, config: PipelineConfig, coll: Any, outputs: dict[str, Any]) -> None:
     """Idempotent catalog upserts of everything this run produced (cheap; runs on cached reruns too)."""
     import json
@@ -156,10 +169,11 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     ws = Workspace(config.workspace).ensure()
     keys = PseudonymKeys.from_env()
     run = _Runner(ws)
+    source = _local_source(run, ws, config, keys.key_id())
     workspace = str(ws.root)
 
-    content = source_fingerprint(config.source)
-    coll = run(collect, workspace, config.source, content, config.collection, keys.key_id())
+    content = source_fingerprint(source)
+    coll = run(collect, workspace, source, content, config.collection, keys.key_id())
     logger.info("collection: %d volumes, %d masks, %d inputs quarantined", len(coll.volumes), len(coll.masks),
                 coll.n_rejected)
     clinical = None
@@ -208,6 +222,11 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
               [p.evaluation for p in proc_out if p], [f.features for f in feat_out], disc.results,
               [f.transform for f in fusions], [p.detections for p in proc_out if p and p.detections])
 
+    if config.pacs.write_back and source != config.source:
+        from tasks.pacs import write_back
+
+        run(write_back, workspace, config.source, ws.relative(source), coll.volumes, coll.masks,
+            [f.features for f in feat_out], config.pacs, keys.key_id())
     latest = ws.reports / "report.html"
     collected = {v.uri for v in coll.volumes}  # a preprocessing step that applied nothing hands these on
     write_text_atomic(latest, ws.resolve(rep.html).read_text())
@@ -240,7 +259,8 @@ def ingest(config: PipelineConfig) -> dict[str, Any]:
     ws = Workspace(config.workspace).ensure()
     keys = PseudonymKeys.from_env()
     run = _Runner(ws)
-    coll = run(collect, str(ws.root), config.source, source_fingerprint(config.source), config.collection,
+    source = _local_source(run, ws, config, keys.key_id())
+    coll = run(collect, str(ws.root), source, source_fingerprint(source), config.collection,
                keys.key_id())
     _register(ws, config, coll, {})
     return {"workspace": str(ws.root), "volumes": len(coll.volumes), "masks": len(coll.masks),
