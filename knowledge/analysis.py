@@ -312,6 +312,8 @@ def _survival(table: pd.DataFrame, schema: CaseSchema, *, imaging: list[str], cl
     folds = list(StratifiedKFold(n_splits=max(2, n_folds), shuffle=True, random_state=random_state).split(sub, e))
     risk_oof, chosen = survival.cox_oof(sub[clin], sub[imaging], t, e, folds, n_imaging=2, penalizer=0.1)
     top = survival._top_imaging(sub[imaging], t, e, 2)
+    if not clin + top:
+        return _skip("no baseline clinical or imaging covariate for the Cox model"), {}
     cox = survival.CoxModel(penalizer=0.1).fit(sub[clin + top], t, e)
     finite = np.isfinite(risk_oof)
     c_oof = survival.concordance(t[finite], e[finite], risk_oof[finite])
@@ -320,6 +322,8 @@ def _survival(table: pd.DataFrame, schema: CaseSchema, *, imaging: list[str], cl
     else:
         risk, source = risk_oof, "out-of-fold Cox risk"
     valid = np.isfinite(risk)
+    if valid.sum() < 4:
+        return _skip(f"only {int(valid.sum())} patients have an out-of-fold risk"), {}
     med = float(np.median(risk[valid]))
     group = np.where(risk > med, "high", "low")
     km = {g: survival.kaplan_meier(t[valid & (group == g)], e[valid & (group == g)]) for g in ("low", "high")}
