@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.tree import DecisionTreeClassifier
 
 from knowledge import cbr, prediction, rules, survival
@@ -308,8 +308,11 @@ def _survival(table: pd.DataFrame, schema: CaseSchema, *, imaging: list[str], cl
     if len(sub) < 6 or e.sum() < 2:
         return _skip(f"survival needs >= 6 patients and >= 2 events, got {len(sub)} and {int(e.sum())}"), {}
     clin = numeric_clinical(sub, clinical)
-    n_folds = int(min(outer_folds, e.sum(), (1 - e).sum()))
-    folds = list(StratifiedKFold(n_splits=max(2, n_folds), shuffle=True, random_state=random_state).split(sub, e))
+    n_folds = int(min(outer_folds, len(sub) // 2))
+    if min(e.sum(), (1 - e).sum()) >= n_folds:  # stratify events vs censored when both are frequent enough
+        folds = list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state).split(sub, e))
+    else:
+        folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=random_state).split(sub))
     risk_oof, chosen = survival.cox_oof(sub[clin], sub[imaging], t, e, folds, n_imaging=2, penalizer=0.1)
     top = survival._top_imaging(sub[imaging], t, e, 2)
     if not clin + top:

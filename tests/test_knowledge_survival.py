@@ -69,3 +69,25 @@ def test_cox_recovers_a_known_hazard_ratio():
     assert scores["x"] > 10 > scores["w"]
     with pytest.raises(ValueError, match="penalizer"):
         CoxModel(penalizer=-1)
+
+
+def test_discover_survival_without_a_label_uses_the_out_of_fold_cox_risk():
+    import knowledge
+    from knowledge.roles import CaseSchema
+
+    rng = np.random.default_rng(0)
+    n = 40
+    x = rng.normal(size=n)
+    t = rng.exponential(1.0 / np.exp(1.2 * x))
+    table = pd.DataFrame({"patient_key": [f"p{i}" for i in range(n)], "ev": np.ones(n), "tm": t,
+                          "CT:GTV:x": x, "CT:GTV:noise": rng.normal(size=n)})
+    schema = CaseSchema(columns=[{"name": "ev", "role": "event", "type": "binary"},
+                                 {"name": "tm", "role": "time", "time_of": "ev"}])
+    res = knowledge.discover(table, schema, label=None, n_bootstrap=10, n_permutations=0)
+    sv = res["survival"]
+    assert sv["status"] == "ok" and sv["risk_source"] == "out-of-fold Cox risk"
+    assert sv["cox"]["c_index_oof"] > 0.6 and sv["cox"]["imaging_chosen_in_folds"]["CT:GTV:x"] == 5
+    assert sv["logrank"]["p"] < 0.05 and set(sv["groups"].values()) == {"high", "low"}
+    no_cov = knowledge.discover(table[["patient_key", "ev", "tm"]], schema, label=None, n_bootstrap=10,
+                                n_permutations=0)
+    assert no_cov["survival"]["status"] == "skipped" and "covariate" in no_cov["survival"]["reason"]
