@@ -36,7 +36,7 @@ Prefect's server) is sampled for peak RSS every 0.1 s. For ``medflow run`` the s
 breakdown comes from the run's Prefect database (a private ``PREFECT_HOME``): task
 bodies per task name, the flow's wall time, and orchestration = flow wall time minus
 the time covered by task bodies; Prefect start-up = process wall time minus flow wall
-time. A fixed bench-only ``MEDFLOW_SECRET_KEY`` makes the pseudonymous patient keys
+time (imports, the ephemeral API's start and the shut-down after the flow). A fixed bench-only ``MEDFLOW_SECRET_KEY`` makes the pseudonymous patient keys
 reproducible, so medflow's rows can be paired with MIRP's.
 
 Rows go to ``bench/results.json`` (``benchmark = "bench_cohort"``); the targets table
