@@ -187,7 +187,17 @@ def cox_oof(X_clin: pd.DataFrame, X_img: pd.DataFrame, time: np.ndarray, event: 
     return risk, chosen
 
 
-def _top_imaging(X_img: pd.DataFrame, time: np.ndarray, event: np.ndarray, n: int) -> list[str]:
+def _top_imaging(X_img: pd.DataFrame, time: np.ndarray, event: np.ndarray, n: int,
+                 max_corr: float = 0.8) -> list[str]:
+    """The ``n`` best columns by univariate Cox score, skipping any with |Spearman r| > ``max_corr``
+    to one already chosen (collinear covariates make the hazard ratios meaningless)."""
     if X_img.shape[1] == 0 or n <= 0 or event.sum() == 0:
         return []
-    return list(univariate_cox_scores(X_img, time, event).sort_values(ascending=False).index[:n])
+    ranks = X_img.rank()
+    chosen: list[str] = []
+    for col in univariate_cox_scores(X_img, time, event).sort_values(ascending=False).index:
+        if all(abs(ranks[col].corr(ranks[c])) <= max_corr for c in chosen):
+            chosen.append(str(col))
+        if len(chosen) == n:
+            break
+    return chosen
