@@ -42,6 +42,7 @@ IGNORED_TOP = {"results", "leases", "runs", ".tmp", "quarantine"}
 
 
 API: dict[str, str] = {}  # PREFECT_API_URL of the harness's server, once started
+RUN_START = [0.0]  # epoch start of the current run: staging folders older than it were left by a killed run
 CODE = [ROOT]  # the medflow code the runs import (a snapshot keeps concurrent edits out of a long harness)
 #: task name -> stage (the pipeline's tasks)
 TASK_STAGE = {"collect": "collection", "clinical": "collection", "preprocess": "preprocessing",
@@ -88,6 +89,7 @@ def start_server(home: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
 
 def _start(source: pathlib.Path, ws: pathlib.Path, home: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
     medflow = pathlib.Path(sys.executable).with_name("medflow")
+    RUN_START[0] = time.time()
     fh = open(log, "ab")  # noqa: SIM115 - closed by the child's exit; the harness is short-lived
     return subprocess.Popen([str(medflow), "run", str(source), "--workspace", str(ws)], env=_env(home), cwd=CODE[0],
                             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -128,6 +130,31 @@ def task_durations(since: str) -> dict[str, list[float]]:
     return out
 
 
+NEXT = {"collection": "preprocessing", "preprocessing": "processing", "processing": "analysis",
+        "analysis": "preprocessing", "discovery": "report", "report": "report"}
+
+
+def stage_now(ws: pathlib.Path) -> str | None:
+    """The stage the run is in: a running stage task (server API); inside a per-volume chain task, the
+    stage being written (staging folder) or the one after the newest finished artifact (workspace)."""
+    api = running_stages()
+    if api:
+        return api[0]
+    runs = _api("/task_runs/filter", {"task_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "limit": 5})
+    if not runs:
+        return None
+    writing = _staging(ws)
+    if writing:
+        return sorted(writing, key=STAGES.index)[-1]
+    newest, stage = -1.0, "collection"
+    for st, folders in _finals(ws).items():
+        for f in folders:
+            m = _mtime(f)
+            if m > newest:
+                newest, stage = m, st
+    return NEXT[stage] if newest >= 0 else "collection"
+
+
 def _staging(ws: pathlib.Path) -> dict[str, list[str]]:
     """Stage -> staging folders currently present (work in progress)."""
     out: dict[str, list[str]] = {}
@@ -135,10 +162,22 @@ def _staging(ws: pathlib.Path) -> dict[str, list[str]]:
     for stage in STAGES:
         d = base / stage
         if d.is_dir():
-            found = [p.name for p in d.glob("*/.*.staging-*")]
+            found = [p.name for p in d.glob("*/.*.staging-*") if _mtime(p) >= RUN_START[0] - 1]
             if found:
                 out[stage] = found
     return out
+
+
+def _mtime(p: pathlib.Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def leftover_staging(ws: pathlib.Path) -> int:
+    """Staging folders a killed run left beside final paths (never read; atomic_folder's names)."""
+    return len(list((ws / "artifacts").glob("*/*/.*.staging-*")))
 
 
 def _finals(ws: pathlib.Path) -> dict[str, list[pathlib.Path]]:
@@ -206,20 +245,26 @@ def flow_run_states(home: pathlib.Path) -> dict[str, int]:
 
 
 def reference(source: pathlib.Path, work: pathlib.Path) -> dict:
-    import datetime
-
     ws, home = work / "reference-ws", work / "reference-home"
-    since = datetime.datetime.now(datetime.timezone.utc).isoformat()
     t0 = time.monotonic()
     proc = _start(source, ws, home, work / "reference.log")
-    if proc.wait() != 0:
+    segments: dict[str, list[float]] = {}
+    current, since = None, time.monotonic()
+    while proc.poll() is None:
+        st = stage_now(ws)
+        now = time.monotonic()
+        if st != current:
+            if current is not None:
+                segments.setdefault(current, []).append(now - since)
+            current, since = st, now
+        time.sleep(0.02)
+    if proc.returncode != 0:
         raise SystemExit(f"reference run failed ({proc.returncode}); see {work / 'reference.log'}")
-    durations = task_durations(since)
-    missing = [s for s in STAGES if s not in durations]
+    missing = [s for s in STAGES if s not in segments]
     if missing:
-        raise SystemExit(f"the reference run ran no task of stage(s) {missing}")
-    # a kill lands within the shortest task of the stage, so it hits that stage
-    windows = {s: min(durations[s]) for s in STAGES}
+        raise SystemExit(f"the reference run never showed stage(s) {missing}")
+    # a kill lands within a typical stretch of the stage
+    windows = {s: sorted(segments[s])[len(segments[s]) // 2] for s in STAGES}
     return {"workspace": ws, "seconds": round(time.monotonic() - t0, 1), "windows": windows,
             "digests": digests(ws), "catalog": catalog_counts(ws)}
 
@@ -231,7 +276,7 @@ def run_cycle(source: pathlib.Path, work: pathlib.Path, cycle: int, kills_left: 
         if kills_left <= 0:
             break
         proc = _start(source, ws, home, work / f"cycle{cycle}.log")
-        while proc.poll() is None and stage not in running_stages():
+        while proc.poll() is None and stage_now(ws) != stage:
             time.sleep(0.02)
         if proc.poll() is not None:  # the stage had nothing left to do in this run (all cached): next stage
             log.append({"cycle": cycle, "target": stage, "killed": False, "exit": proc.returncode})
@@ -241,7 +286,7 @@ def run_cycle(source: pathlib.Path, work: pathlib.Path, cycle: int, kills_left: 
         if proc.poll() is not None:
             log.append({"cycle": cycle, "target": stage, "killed": False, "exit": proc.returncode})
             continue
-        hit = running_stages()
+        hit = [st] if (st := stage_now(ws)) else []
         writing = sorted(_staging(ws))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -294,6 +339,7 @@ def _harness(args: argparse.Namespace, work: pathlib.Path, rng: random.Random, h
     ref = reference(args.source, work)
     log: list[dict] = []
     mismatches: list[str] = []
+    staging_left: list[int] = []
     cycle = 0
     while sum(e["killed"] for e in log) < args.kills:
         before = sum(e["killed"] for e in log)
@@ -302,6 +348,7 @@ def _harness(args: argparse.Namespace, work: pathlib.Path, rng: random.Random, h
         for rel in sorted(set(got) | set(ref["digests"])):
             if got.get(rel) != ref["digests"].get(rel):
                 mismatches.append(f"cycle {cycle}: {rel}: {'missing' if rel not in got else 'extra' if rel not in ref['digests'] else 'differs'}")
+        staging_left.append(leftover_staging(ws))
         counts = catalog_counts(ws)
         if counts != ref["catalog"]:
             mismatches.append(f"cycle {cycle}: catalog counts {counts} != reference {ref['catalog']}")
@@ -324,9 +371,10 @@ def _harness(args: argparse.Namespace, work: pathlib.Path, rng: random.Random, h
             stages_hit[s] = stages_hit.get(s, 0) + 1
     summary = {
         "kills": len(killed), "seed": args.seed, "source": str(args.source), "cycles": cycle + 1 if killed else 0,
-        "reference_seconds": ref["seconds"], "shortest_task_s": {k: round(v, 2) for k, v in ref["windows"].items()},
+        "reference_seconds": ref["seconds"], "typical_stage_stretch_s": {k: round(v, 2) for k, v in ref["windows"].items()},
         "targets": {s: sum(1 for e in killed if e["target"] == s) for s in STAGES},
         "stages_at_work_when_killed": stages_hit, "artifact_files_compared": len(ref["digests"]),
+        "staging_folders_left_by_kills": staging_left,
         "flow_run_states": states, "catalog": ref["catalog"], "mismatches": mismatches,
         "seconds": round(time.monotonic() - t0, 1), "log": log,
     }
