@@ -352,15 +352,13 @@ def cohort_section(results: dict[str, Any], *, lang: str) -> str:
 
     assoc = results.get("associations") or {}
     parts.append(f"<h3>{_esc(t('associations', lang))}</h3>")
-    parts.append(_summary(results, "associations", lang))
     parts.append(_block_status(assoc))
-    parts.append(_ul(_text(assoc, lang)[:15], "rules"))
+    parts.append(_ul(_text(assoc, lang)[:15], "rules") or _summary(results, "associations", lang))
 
     clus = results.get("clusters") or {}
     parts.append(f"<h3>{_esc(t('clusters', lang))}</h3>")
-    parts.append(_summary(results, "clusters", lang))
     parts.append(_block_status(clus))
-    parts.append(_ul(_text(clus, lang)))
+    parts.append(_ul(_text(clus, lang)) or _summary(results, "clusters", lang))
 
     eff = results.get("efficacy") or {}
     parts.append(f"<h3>{_esc(t('efficacy', lang))}</h3>")
@@ -452,7 +450,7 @@ def _lang_text_list(value: Any, lang: str) -> list[str]:
 
 
 _SCRIPT = """<script>
-(function(){function show(){var h=location.hash.slice(1);var pages=document.querySelectorAll('section.page');
+(function(){function show(){setTimeout(function(){if(document.body.classList.contains('single'))window.scrollTo(0,0);},50);var h=location.hash.slice(1);var pages=document.querySelectorAll('section.page');
 var hit=h&&document.getElementById(h);hit=hit&&hit.classList.contains('page')?hit:null;
 document.body.classList.toggle('single',!!hit);for(var i=0;i<pages.length;i++){pages[i].style.display=
 (!hit||pages[i]===hit)?'':'none';}if(hit){window.scrollTo(0,0);}}
@@ -475,7 +473,7 @@ def knowledge_sections(results: dict[str, Any], *, lang: str = "en") -> str:
 
 
 CSS = """
-nav.pages{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;font-size:.85em}
+nav.pages{background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;font-size:.85em}
 nav.pages a{margin-right:.8em} section.page{margin-top:1em}
 body.single > :not(nav.pages):not(section.page):not(h1):not(script){display:none}
 img.plot{margin:4px 8px 4px 0;border:1px solid #eee} .figs{display:flex;flex-wrap:wrap;align-items:flex-start}
