@@ -123,8 +123,9 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
     try:
         kind = classify(ds)
         is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
-        for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
-            pass
+        with _silenced():  # pydicom's value warnings can quote values (and cost time to format)
+            for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
+                pass
         ensure_transfer_syntax(ds)
     except Exception as exc:  # noqa: BLE001
         raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
@@ -168,8 +169,9 @@ def _read_streaming(p: pathlib.Path, size: int, limits: GuardLimits | None) -> R
     try:
         kind = classify(ds)
         is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
-        for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
-            pass
+        with _silenced():  # pydicom's value warnings can quote values (and cost time to format)
+            for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
+                pass
     except Exception as exc:  # noqa: BLE001
         raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
         return ReadResult(None, Rejection(digest, "unreadable_header", "header elements could not be decoded",
