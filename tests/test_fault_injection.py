@@ -198,3 +198,13 @@ def test_medflow_run_fails_with_one_phi_free_line(sample_dicom, tmp_path):
             assert not hits, f"PHI canary found under {root.name}: {hits[:10]}"
     if (ws / "quarantine").exists():
         assert QuarantineStore(ws).list() == []
+
+
+def test_ingest_bug_error_crosses_process_boundaries_intact():
+    import pickle
+
+    err = IngestBugError("conversion", "series sha256:0123456789ab (3 files)", "TypeError", "storage.x:f:1")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is IngestBugError and str(back) == str(err)
+    assert (back.stage, back.input_key, back.exception_type, back.location) == \
+        ("conversion", "series sha256:0123456789ab (3 files)", "TypeError", "storage.x:f:1")
