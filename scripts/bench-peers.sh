@@ -37,7 +37,7 @@ want cc3d "connected-components-3d==4.1.1"
 want SimpleITK "simpleitk==2.5.7"
 
 if command -v dcm2niix >/dev/null 2>&1; then
-    echo "bench-peers: dcm2niix present ($(dcm2niix -v 2>/dev/null | grep -o "v[0-9.]*" | head -1))"
+    echo "bench-peers: dcm2niix present ($(dcm2niix -v 2>/dev/null | grep -o "v[0-9][0-9.]*" | head -1))"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bench-peers: installing dcm2niix (Debian package)"
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix >/dev/null 2>&1; then
