@@ -31,6 +31,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -403,10 +404,12 @@ def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.
     name = next(n for n in ("collect_files", "collect_folder") if hasattr(collect_module, n))
     real_collect = getattr(collect_module, name)
 
+    counter = iter(range(10**9))  # one number per converted volume across all units (calls)
+
     def recording_collect(*args: Any, **kwargs: Any):
         res = real_collect(*args, **kwargs)
-        for i, v in enumerate(res.volumes):
-            np.savez(converted_dir / f"{i:05d}.npz", volume=v.volume, affine=np.asarray(v.affine, float),
+        for v in res.volumes:
+            np.savez(converted_dir / f"{next(counter):05d}.npz", volume=v.volume, affine=np.asarray(v.affine, float),
                      series_uid=np.array(str(v.series_uid)), volume_index=np.array(int(v.volume_index)))
         return res
 
@@ -506,6 +509,17 @@ def _series_and_position(path: pathlib.Path):
         return None
 
 
+def _series_only(path: pathlib.Path) -> str | None:
+    import pydicom
+
+    try:
+        with _quiet():
+            return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SeriesInstanceUID)
+    except (Exception, RecursionError):  # noqa: BLE001
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
 def _decoded(path: pathlib.Path):
     import numpy as np
     import pydicom
@@ -576,6 +590,7 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
     valid_prefix = "valid/"
     index: dict[tuple[str, tuple], list[str]] = collections.defaultdict(list)
     series_of: dict[str, str] = {}
+    series_files: dict[str, list[str]] = collections.defaultdict(list)
     for rel in before:
         if rel.startswith(valid_prefix) or "mask" in rel:
             continue
@@ -583,6 +598,9 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
         if kind == "deflate_bomb":
             continue
         sp = _series_and_position(batch / rel)
+        uid = _series_only(batch / rel)
+        if uid is not None:
+            series_files[keys.series_key(uid)].append(rel)
         if sp is not None:
             index[(keys.series_key(sp[0]), sp[1])].append(rel)
             series_of[rel] = keys.series_key(sp[0])
@@ -594,19 +612,31 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
             series_key = keys.series_key(str(z["series_uid"]))
             if (series_key, int(z["volume_index"])) in clean_keys:
                 continue
-            arr, affine = z["volume"], z["affine"]
-        # what the workspace holds (when the volume passed QC) is exactly what was converted
-        key = (series_key, int(z["volume_index"]))
-        if key in written and written.pop(key) != _digest(arr, affine):
+            arr, affine, index_ = z["volume"], z["affine"], int(z["volume_index"])
+        key = (series_key, index_)
+        if key not in written:
+            continue  # rejected after conversion (QC: e.g. missing slices): never written, recorded as qc_failed
+        # what the workspace holds is exactly what was converted
+        if written.pop(key) != _digest(arr, affine):
             s["wrong_conversions"].append(f"workspace volume of {npz.stem} differs from the converted array")
-        for k in range(arr.shape[0]):
-            pos = tuple(round(float(x), 2) for x in (affine @ np.array([k, 0, 0, 1.0]))[:3])
+        slices = [arr] if arr.ndim == 2 else list(arr)
+        for k, plane in enumerate(slices):
+            origin = affine[:3, 3] if arr.ndim == 2 else (affine @ np.array([k, 0, 0, 1.0]))[:3]
+            pos = tuple(round(float(x), 2) for x in origin)
             ok = False
             for rel in index.get((series_key, pos), []):
                 want = _decoded(batch / rel)
-                if want is not None and want.shape == arr[k].shape and np.allclose(arr[k], want, rtol=1e-6, atol=1e-3):
+                if want is not None and want.shape == plane.shape and np.allclose(plane, want, rtol=1e-6, atol=1e-3):
                     converted.add(rel)
                     ok = True
+            if not ok:  # no usable position (e.g. a damaged ImagePositionPatient): match by content in the series
+                for rel in series_files.get(series_key, []):
+                    want = _decoded(batch / rel)
+                    if want is not None and want.shape == plane.shape and np.allclose(plane, want, rtol=1e-6,
+                                                                                       atol=1e-3):
+                        converted.add(rel)
+                        ok = True
+                        break
             if not ok:
                 s["wrong_conversions"].append(f"converted volume {npz.stem} (series {series_key[:12]}) slice {k}")
     s["wrong_conversions"] += [f"workspace volume {k[0][:12]}#{k[1]} without a converted source"
@@ -668,6 +698,15 @@ def run_fuzz(*, n: int, seed: int, out: pathlib.Path, full: bool = True, per_ser
     fuzz = run_child(batch, out / "ws-fuzz", probe=damaged, timeout_s=limit + FILE_TIME_LIMIT_S * len(damaged))
     fuzz["_workspace"] = str(out / "ws-fuzz")
     fuzz["_converted"] = str(out / "ws-fuzz.converted")
+    (out / "runs.json").write_text(json.dumps({"clean": clean, "fuzz": fuzz, "before": before}))
+    return finish(out, plan, seed, t0)
+
+
+def finish(out: pathlib.Path, plan: dict[str, Any], seed: int, t0: float) -> dict[str, Any]:
+    """Check the recorded runs of ``out`` (also ``--recheck OUT`` without re-running)."""
+    runs = json.loads((out / "runs.json").read_text())
+    clean, fuzz, before = runs["clean"], runs["fuzz"], runs["before"]
+    batch = out / "batch"
     summary = check(plan, clean, fuzz, batch, before)
     summary["kinds"] = dict(sorted(collections.Counter(m["kind"] for m in plan["mutations"]).items()))
     summary["seed"], summary["total_seconds"] = seed, round(time.perf_counter() - t0, 1)
@@ -687,7 +726,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=pathlib.Path, default=None, help="work folder (default: a new temporary one)")
     ap.add_argument("--small", action="store_true", help="valid set = STS_008 CT only (CI size)")
     ap.add_argument("--per-series", type=int, default=40, help="maximum mutations per donor series")
+    ap.add_argument("--recheck", type=pathlib.Path, default=None, help="re-run only the checks on a work folder")
     args = ap.parse_args(argv)
+    if args.recheck is not None:
+        plan = json.loads((args.recheck / "plan.json").read_text())
+        summary = finish(args.recheck, plan, plan["seed"], time.perf_counter())
+        print(json.dumps(summary, indent=1))
+        return 0 if summary["ok"] else 1
     if args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")
     if not COHORT.is_dir():
