@@ -328,8 +328,11 @@ def build_batch(out: pathlib.Path, *, n: int, seed: int, full: bool, per_series:
         files = sorted(series.glob("*.dcm"))
         dest = batch / f"series{d:03d}"
         dest.mkdir(parents=True)
-        take = min(n - made, per_series, max(1, int(len(files) * 0.6)))
-        targets = set(rng.sample(range(len(files)), take))
+        if d % 3 == 1:  # an "edge" series: damage only the first and last slice, so the rest still converts
+            targets = {0, len(files) - 1} if n - made >= 2 else {0}
+        else:  # a "dense" series: many damaged slices (a gap makes QC reject the series: qc_failed)
+            take = min(n - made, per_series, max(1, int(len(files) * 0.6)))
+            targets = set(rng.sample(range(len(files)), take))
         for i, f in enumerate(files):
             data = f.read_bytes()
             if i not in targets:
