@@ -27,7 +27,7 @@ from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
-from tasks.discovery import discover
+from tasks.discovery import casebase_fingerprint, discover
 from tasks.preprocessing import fuse
 from tasks.report import report as report_task
 
@@ -176,9 +176,11 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     coll = run(collect, workspace, source, content, config.collection, keys.key_id())
     logger.info("collection: %d volumes, %d masks, %d inputs quarantined", len(coll.volumes), len(coll.masks),
                 coll.n_rejected)
+    discovery_cfg = config.discovery.resolved()  # schema file content inline: its content, not its path, is keyed
     clinical = None
     if config.clinical:
-        clinical = run(ingest_clinical, workspace, config.clinical, file_fingerprint(config.clinical), keys.key_id())
+        clinical = run(ingest_clinical, workspace, config.clinical, file_fingerprint(config.clinical), keys.key_id(),
+                       discovery_cfg.roles)
 
     masks_by_volume: dict[str, list] = {}
     for m in coll.masks:
@@ -216,7 +218,9 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
                 if moving is not fixed:
                     fusions.append(run(fuse, workspace, fixed, moving, config.fusion, config.compute))
 
-    disc = run(discover, workspace, [f.features for f in feat_out], clinical, config.discovery)
+    stored = discovery_cfg.casebase_path()
+    disc = run(discover, workspace, [f.features for f in feat_out], clinical, discovery_cfg,
+               casebase_fingerprint(stored) if stored else None, str(stored) if stored else None)
     all_masks = [m for p in pre_out for m in p.masks] + [m for p in proc_out if p for m in p.auto_masks]
     rep = run(report_task, workspace, coll.summary, [p.volume for p in pre_out], all_masks,
               [p.evaluation for p in proc_out if p], [f.features for f in feat_out], disc.results,
