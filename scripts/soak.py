@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="medflow-soak-"))
     out.mkdir(parents=True, exist_ok=True)
+    from medflow import runtime
+
+    runtime.configure()  # telemetry off, quiet logs (as the CLI)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # first start migrates a new DB
     os.environ.setdefault("PREFECT_HOME", str(out / "prefect-home"))
     os.environ.setdefault("MEDFLOW_SECRET_KEY", "medflow-soak-secret-not-for-real-data")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
