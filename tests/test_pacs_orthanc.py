@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# the ephemeral Prefect API of the flow test can take over a minute to start on a loaded 2-core machine
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 SCRIPT = REPO / "scripts" / "orthanc-local.sh"
 PATIENTS = ("STS_001", "STS_003")
 USER, PASSWORD = "medflow-test", "orthanc-test-password"
@@ -312,3 +314,63 @@ def vol_series_uid(staging: pathlib.Path, series_key: str) -> str:
 
     f = next(staging.glob(f"*/{series_key}/*.dcm"))
     return str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID)
+
+
+@pytest.mark.slow
+def test_ingest_flow_from_pacs_then_write_back_task(orthanc, keys, tmp_path, dicomweb_env, monkeypatch):
+    """The ingest flow takes a dimse:// source: pulled, complete, collected; the write-back task stores the
+    collected masks and a feature table as SEG + SR, found again in the PACS by QIDO-RS."""
+    from dicomweb_client.api import DICOMwebClient
+    from prefect import flow
+
+    from flows.pipeline import ingest
+    from imaging.features import extract_features
+    from medflow.config import AnalysisConfig, PacsConfig, PipelineConfig
+    from storage.catalog import Catalog
+    from storage.pacs.catalog import transfers
+    from storage.volumes import read_numpy
+    from storage.workspace import ArtifactRef
+    from tasks.analysis import settings_for
+    from tasks.pacs import write_back
+
+    ws = tmp_path / "ws"
+    pacs = PacsConfig(retries=1, backoff_s=0.1, timeout_s=30, scp_bind_address="127.0.0.1", write_back=True)
+    cfg = PipelineConfig(source=orthanc.dimse_uri("study_date=2000-09-07"), workspace=str(ws), pacs=pacs)
+    summary = ingest(cfg)
+    assert (summary["volumes"], summary["masks"], summary["quarantined"]) == (3, 3, 0)  # CT, PET, MR + RTSTRUCTs
+    assert [r["complete"] for r in transfers(ws)] == [True]
+    staging = next(p for p in (ws / "incoming").iterdir() if p.name.startswith("q"))
+
+    cat = Catalog.for_workspace(ws)
+    vol = next(v for v in cat.volumes() if v.meta.get("modality") == "CT")
+    vref = ArtifactRef(kind="volume", uri=vol.uri, digest=vol.digest,
+                       meta={**vol.meta, "kind": vol.kind, "series_key": vol.series_key, "volume_key": vol.volume_key})
+    mrefs = [ArtifactRef(kind="mask", uri=m.uri, digest=m.digest,
+                         meta={"volume_key": m.volume_key, "roi_name": m.roi_name, "source": m.source})
+             for m in cat.masks() if m.volume_key == vol.volume_key]
+    image, attrs = read_numpy(ws / vol.uri)
+    mask, _ = read_numpy(ws / mrefs[0].uri)
+    settings = settings_for("CT", AnalysisConfig()).model_copy(update={"families": ("stat",)})
+    table = extract_features(image, mask.astype(bool), spacing=tuple(attrs["spacing"]), settings=settings).assign(
+        roi_name=mrefs[0].meta["roi_name"], image="original")
+    (ws / "feat").mkdir()
+    table.to_parquet(ws / "feat" / "features.parquet", index=False)
+    fref = ArtifactRef(kind="features", uri="feat/features.parquet", digest="sha256:test",
+                       meta={"volume_key": vol.volume_key})
+
+    @flow
+    def write_back_only():
+        return write_back(str(ws), orthanc.dicomweb_uri("patient=x"), staging.relative_to(ws).as_posix(), [vref],
+                          mrefs, [fref], pacs, keys.key_id())
+
+    [result] = write_back_only()
+    assert (result["n_segments"], result["n_values"]) == (len(mrefs), int(np.isfinite(table["value"]).sum()))
+    client = DICOMwebClient(url=orthanc.url + "/dicom-web", session=orthanc.session())
+    import pydicom
+
+    original = pydicom.dcmread(next(staging.glob(f"*/{vol.series_key}/*.dcm")), stop_before_pixels=True)
+    study = keys.new_uid(str(original.StudyInstanceUID))  # the pseudonymised study
+    found = client.search_for_series(study_instance_uid=study, fields=["Modality"])
+    modalities = {item["00080060"]["Value"][0] for item in found}
+    assert {"CT", "SEG", "SR"} <= modalities  # the pseudonymised CT series and medflow's two objects
+    assert str(original.StudyInstanceUID) != study

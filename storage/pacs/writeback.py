@@ -125,6 +125,9 @@ def build_sr(seg: Dataset, features, *, source: Sequence[Dataset] = (), series_n
     from pydicom.sr.codedict import codes
 
     labels = {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
+    # (built here, not with ReferencedSegment.from_segmentation, which fails on a one-segment SEG whose
+    # segment identification is in the shared functional groups)
+    source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -151,7 +154,9 @@ def build_sr(seg: Dataset, features, *, source: Sequence[Dataset] = (), series_n
             continue
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"ROI {roi}"[:64]),
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=number),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID), segment_number=number,
+                source_series=hd.sr.SourceSeriesForSegmentation(source_series)),
             measurements=measurements))
     if not groups:
         raise ValueError("features: no finite value for any segment of the SEG")
