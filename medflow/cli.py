@@ -66,8 +66,26 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     out.print(f"features: {pathlib.Path(summary['workspace']) / summary['features']}")
 
 
+def _resolve_source(source: str | pathlib.Path, workspace: pathlib.Path) -> str:
+    """A source folder (checked, made absolute) or a PACS URI (validated; messages never show its query)."""
+    from storage.pacs.uri import PacsUriError, is_pacs_uri, parse_source
+
+    if is_pacs_uri(str(source)):
+        try:
+            parse_source(str(source))
+        except PacsUriError as exc:
+            _fail(f"invalid PACS source: {exc}")
+        return str(source)
+    folder = pathlib.Path(source)
+    if not folder.is_dir():
+        _fail(f"source folder does not exist: {folder}")
+    _check_separate(folder, workspace)
+    return str(folder.resolve())
+
+
 @app.command()
-def run(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM files (any depth, any names).")],
+def run(source: Annotated[str, typer.Argument(help="Folder of DICOM files (any depth, any names), or a PACS "
+                                                  "URI dimse://AET@host:port?... / dicomweb+http(s)://...?...")],
         workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")],
         config: Annotated[pathlib.Path | None, typer.Option(help="YAML config (sections of PipelineConfig).")] = None,
         clinical: Annotated[pathlib.Path | None, typer.Option(help="Clinical case table (CSV/Parquet).")] = None,
@@ -76,11 +94,9 @@ def run(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM fil
     runtime.configure(verbose)
     from medflow.config import load_config
 
-    if not source.is_dir():
-        _fail(f"source folder does not exist: {source}")
-    _check_separate(source, workspace)
+    source = _resolve_source(source, workspace)
     try:
-        cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()),
+        cfg = load_config(config, source=source, workspace=str(workspace.resolve()),
                           clinical=str(clinical.resolve()) if clinical else None)
     except (ValueError, FileNotFoundError) as exc:
         _fail(f"invalid configuration:{chr(10) if chr(10) in str(exc) else ' '}{exc}")
@@ -104,7 +120,7 @@ def demo(workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.
 
 
 @app.command()
-def ingest(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM files.")],
+def ingest(source: Annotated[str, typer.Argument(help="Folder of DICOM files, or a PACS URI.")],
            workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")],
            config: Annotated[pathlib.Path | None, typer.Option(help="YAML config.")] = None,
            verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
@@ -113,10 +129,8 @@ def ingest(source: Annotated[pathlib.Path, typer.Argument(help="Folder of DICOM 
     from flows.pipeline import ingest as ingest_flow
     from medflow.config import load_config
 
-    if not source.is_dir():
-        _fail(f"source folder does not exist: {source}")
-    _check_separate(source, workspace)
-    cfg = load_config(config, source=str(source.resolve()), workspace=str(workspace.resolve()))
+    source = _resolve_source(source, workspace)
+    cfg = load_config(config, source=source, workspace=str(workspace.resolve()))
     t0 = time.perf_counter()
     try:
         summary = ingest_flow(cfg)
