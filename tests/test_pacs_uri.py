@@ -6,7 +6,13 @@ import datetime as dt
 
 import pytest
 
-from storage.pacs.uri import PacsUriError, dicomweb_auth_from_env, is_pacs_uri, parse_source, resolve_date_range
+from storage.pacs.uri import (
+    PacsUriError,
+    dicomweb_auth_from_env,
+    is_pacs_uri,
+    parse_source,
+    resolve_date_range,
+)
 
 TODAY = dt.date(2026, 3, 1)
 

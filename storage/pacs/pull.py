@@ -278,7 +278,7 @@ def execute(source: PacsSource, plan: PullPlan, workspace: str | os.PathLike, *,
             if attempt:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
             attempts += 1
-            for study, items in todo.items():
+            for items in todo.values():
                 for s, gone in items:
                     try:
                         if attempt == 0 and len(gone) == len(s.instances):
