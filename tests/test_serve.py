@@ -85,7 +85,7 @@ def test_authenticated_deployment_run_completes(served, sample_dicom, tmp_path):
                          timeout=500)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + served.text()[-3000:]
     assert "Completed" in run.stdout
-    assert list((tmp_path / "ws" / "artifacts" / "collection").rglob("volume.zarr"))
+    assert list((tmp_path / "ws" / "artifacts").rglob("volume.zarr"))
 
 
 def test_bursts_into_the_drop_folder_start_one_run(served, sample_dicom, record_property):
