@@ -111,8 +111,17 @@ def _stage_of(task_name: str) -> str | None:
 
 def running_stages() -> list[str]:
     """Stages whose task is Running right now (the run's progress, from the Prefect server)."""
-    runs = _api("/task_runs/filter", {"task_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "limit": 20})
-    return sorted({s for s in (_stage_of(r["name"]) for r in runs) if s})
+    return sorted({s for s in (_stage_of(r["name"]) for r in _running_tasks()) if s})
+
+
+def _running_tasks() -> list[dict]:
+    """Task runs Running in the current run (a killed run's task runs stay Running forever: skipped)."""
+    import datetime
+
+    since = datetime.datetime.fromtimestamp(RUN_START[0] - 1, datetime.timezone.utc).isoformat()
+    return _api("/task_runs/filter", {"task_runs": {"state": {"type": {"any_": ["RUNNING"]}},
+                                                    "start_time": {"after_": since}},
+                                      "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "limit": 20})
 
 
 def task_durations(since: str) -> dict[str, list[float]]:
@@ -140,8 +149,7 @@ def stage_now(ws: pathlib.Path) -> str | None:
     api = running_stages()
     if api:
         return api[0]
-    runs = _api("/task_runs/filter", {"task_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "limit": 5})
-    if not runs:
+    if not _running_tasks():
         return None
     writing = _staging(ws)
     if writing:
@@ -184,7 +192,7 @@ def _finals(ws: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     out: dict[str, list[pathlib.Path]] = {}
     for stage in STAGES:
         d = ws / "artifacts" / stage
-        out[stage] = sorted(p for p in d.glob("*/*") if not p.name.startswith(".")) if d.is_dir() else []
+        out[stage] = sorted(p for p in d.glob("*/*") if not p.name.startswith(".") and p.is_dir()) if d.is_dir() else []
     return out
 
 
@@ -211,6 +219,11 @@ def partial_artifacts(ws: pathlib.Path) -> list[str]:
             have = folder_manifest(folder)
             if {k: v[0] for k, v in have.items()} != {k: v[0] for k, v in want.items()}:
                 bad.append(f"{stage}/{folder.name}: files differ from manifest")
+        for record in sorted((ws / "artifacts" / stage).glob("*/*.json")) if (ws / "artifacts" / stage).is_dir() else []:
+            try:  # single-file records (a step's output reference) are written whole or not at all
+                json.loads(record.read_text())
+            except ValueError:
+                bad.append(f"{stage}/{record.name}: torn record")
     return bad
 
 
@@ -269,6 +282,11 @@ def reference(source: pathlib.Path, work: pathlib.Path) -> dict:
             "digests": digests(ws), "catalog": catalog_counts(ws)}
 
 
+def _progress(work: pathlib.Path, entry: dict) -> None:
+    with open(work / "progress.jsonl", "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
 def run_cycle(source: pathlib.Path, work: pathlib.Path, cycle: int, kills_left: int, rng: random.Random,
               windows: dict[str, float], home: pathlib.Path, log: list[dict]) -> pathlib.Path:
     ws = work / f"cycle{cycle}-ws"
@@ -291,6 +309,7 @@ def run_cycle(source: pathlib.Path, work: pathlib.Path, cycle: int, kills_left: 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         kills_left -= 1
+        _progress(work, {"cycle": cycle, "target": stage, "at_work": hit, "delay_s": round(delay, 3)})
         log.append({"cycle": cycle, "target": stage, "killed": True, "delay_s": round(delay, 3),
                     "stages_at_work": hit, "writing": writing,
                     "partial_artifacts": partial_artifacts(ws)})
@@ -349,6 +368,8 @@ def _harness(args: argparse.Namespace, work: pathlib.Path, rng: random.Random, h
             if got.get(rel) != ref["digests"].get(rel):
                 mismatches.append(f"cycle {cycle}: {rel}: {'missing' if rel not in got else 'extra' if rel not in ref['digests'] else 'differs'}")
         staging_left.append(leftover_staging(ws))
+        _progress(work, {"cycle": cycle, "compared": len(got), "differ": sum(
+            got.get(k) != ref["digests"].get(k) for k in set(got) | set(ref["digests"]))})
         counts = catalog_counts(ws)
         if counts != ref["catalog"]:
             mismatches.append(f"cycle {cycle}: catalog counts {counts} != reference {ref['catalog']}")
