@@ -58,7 +58,7 @@ def local_plan(compute: ComputeConfig, n_volumes: int) -> tuple[int, int]:
     core, each on a 1-thread dask scheduler: most of a chain is single-threaded (feature extraction
     of one or two ROIs, IO, Python), so one chain with all cores leaves the others idle. Measured on
     the 5 first sts cohort patients (15 volumes, 2 cores, machine shared): 2 chains x 1 thread
-    finished the chains in 252 s, 1 chain x 2 threads in 598 s (see the closing note of issue 11).
+    finished the chains in 252 s, 1 chain x 2 threads in 598 s and 674 s (two runs).
     """
     n = cores()
     chains = compute.concurrent_volumes or n
