@@ -133,10 +133,14 @@ def _volume_digests(source: pathlib.Path, workspace: pathlib.Path, keys) -> dict
     return out
 
 
-def test_dimse_pull_equals_folder_ingest(orthanc, shared_data, keys, tmp_path):
+def test_dimse_pull_equals_folder_ingest(orthanc, shared_data, keys, tmp_path, caplog):
     """C-FIND + C-MOVE to our SCP by patient: the staged study collects to the same voxels as the folder."""
+    import logging
+
     from storage.pacs.catalog import transfers
     from storage.pacs.pull import pull
+
+    caplog.set_level(logging.DEBUG)
 
     ws = tmp_path / "ws"
     report = pull(orthanc.dimse_uri("patient=STS_001"), ws, keys=keys, retries=1, backoff_s=0.1, timeout_s=30)
@@ -150,6 +154,7 @@ def test_dimse_pull_equals_folder_ingest(orthanc, shared_data, keys, tmp_path):
     assert "STS_001" not in "".join(str(p) for p in (ws / "incoming").rglob("*"))
     rows = transfers(ws, pull_key=report.pull_key)
     assert [(r["complete"], r["n_missing"]) for r in rows] == [(True, 0)]
+    assert "STS_001" not in caplog.text  # the query (a patient ID) never reaches a log record
 
     folder = tmp_path / "folder"
     shutil.copytree(shared_data / "sts_cohort" / "dicom" / "STS_001", folder)

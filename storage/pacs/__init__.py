@@ -7,6 +7,13 @@
 * :mod:`storage.pacs.catalog` -- the ``pacs_transfer`` catalog table
 """
 
+import logging
+
 from storage.pacs.uri import PacsUriError, is_pacs_uri, parse_source
+
+# Both libraries log requests with their query (a patient ID, accession number, UIDs) at INFO/DEBUG:
+# keep them at WARNING so nothing identifying reaches a log handler (Prefect's included).
+for _name in ("pynetdicom", "dicomweb_client"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 __all__ = ["PacsUriError", "is_pacs_uri", "parse_source"]
