@@ -7,8 +7,6 @@ import re
 
 import numpy as np
 import pandas as pd
-import pytest
-
 from _sts_shared import sts_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

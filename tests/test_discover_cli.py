@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ import re
 
 import pandas as pd
 import pytest
-
 from _sts_shared import sts_run
 
 pytestmark = pytest.mark.slow
