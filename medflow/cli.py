@@ -26,7 +26,16 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _check_separate(source: pathlib.Path, workspace: pathlib.Path) -> None:
-    """Refuse a workspace inside the source folder, or a source inside the workspace (it would ingest itself)."""
+    """Refuse a workspace inside the source folder, or a source inside the workspace (it would ingest itself).
+
+    Also makes everything this process writes private from here on (umask 077, see storage.workspace):
+    flow hooks write into the workspace before the flow body's ``Workspace.ensure()``.
+    """
+    import os
+
+    from storage.workspace import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
     src, ws = source.resolve(), workspace.resolve()
     if ws == src or ws.is_relative_to(src):
         _fail(f"workspace {workspace} is inside the source folder {source}: choose a workspace outside it")

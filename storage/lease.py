@@ -132,7 +132,7 @@ class RunRegistry:
     def enter(self, run_id: str) -> None:
         """Mark ``run_id`` alive for as long as this process lives or until :meth:`leave`."""
         name = _check_key(run_id, "run id")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # private by default (flow hooks run before ensure())
         fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         if not _try_lock(fd):
             os.close(fd)

@@ -50,7 +50,9 @@ def test_ensure_sets_private_layout(tmp_path, permissive_umask):
 
 
 @pytest.mark.slow
-def test_every_workspace_path_private_after_run(tmp_path, sample_dicom, permissive_umask):
+def test_every_workspace_path_private_after_run(tmp_path, sample_dicom, permissive_umask, monkeypatch):
+    # a loaded 2-core machine can take longer than Prefect's default to start its ephemeral API
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     src = tmp_path / "incoming"
     shutil.copytree(sample_dicom / "STS_008", src / "STS_008")
     ws = tmp_path / "ws"
@@ -60,7 +62,7 @@ def test_every_workspace_path_private_after_run(tmp_path, sample_dicom, permissi
     kinds = {p.relative_to(ws).parts[0] for p in paths[1:]}
     # the run wrote every kind of workspace output that the privacy policy covers
     assert {"artifacts", "results", "quarantine", "reports", "catalog.sqlite", "vault"} <= kinds, kinds
-    assert any(p.suffix == ".json" for p in (ws / "results").rglob("*")), "no Prefect result records written"
+    assert any(p.is_file() for p in (ws / "results").rglob("*")), "no Prefect result records written"
     assert any(p.name == "zarr.json" for p in (ws / "artifacts").rglob("*")), "no Zarr store written"
     assert _open_paths(ws) == []
 
