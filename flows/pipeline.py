@@ -23,6 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from medflow.config import PipelineConfig
+from storage.lease import study_lease
 from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
@@ -33,6 +34,12 @@ from tasks.report import report as report_task
 
 #: Optional callable(task_name, state_name) told about every task as it finishes (the CLI's progress line).
 PROGRESS_HOOK: Any = None
+
+
+def _lease_holder() -> dict[str, str]:
+    from prefect.runtime import flow_run
+
+    return {"flow_run_id": str(flow_run.id)}
 
 
 class _Runner:
@@ -173,7 +180,8 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     workspace = str(ws.root)
 
     content = source_fingerprint(source)
-    coll = run(collect, workspace, source, content, config.collection, keys.key_id())
+    with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
+        coll = run(collect, workspace, source, content, config.collection, keys.key_id())
     logger.info("collection: %d volumes, %d masks, %d inputs quarantined", len(coll.volumes), len(coll.masks),
                 coll.n_rejected)
     discovery_cfg = config.discovery.resolved()  # schema file content inline: its content, not its path, is keyed
@@ -264,8 +272,9 @@ def ingest(config: PipelineConfig) -> dict[str, Any]:
     keys = PseudonymKeys.from_env()
     run = _Runner(ws)
     source = _local_source(run, ws, config, keys.key_id())
-    coll = run(collect, str(ws.root), source, source_fingerprint(source), config.collection,
-               keys.key_id())
+    content = source_fingerprint(source)
+    with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
+        coll = run(collect, str(ws.root), source, content, config.collection, keys.key_id())
     _register(ws, config, coll, {})
     return {"workspace": str(ws.root), "volumes": len(coll.volumes), "masks": len(coll.masks),
             "quarantined": coll.n_rejected, "routed": coll.n_routed, "tasks": run.summary()}
