@@ -127,7 +127,11 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
         cfg = PipelineConfig(source=str(src), workspace=str(ws),
                              compute=ComputeConfig(concurrent_volumes=workers, dask_threads=workers))
         t0 = time.monotonic()
-        summary = (pipeline if kind == "pipeline" else ingest)(cfg)
+        error = None
+        try:
+            summary = (pipeline if kind == "pipeline" else ingest)(cfg)
+        except Exception as exc:  # noqa: BLE001 - a failed run is a finding: recorded, the soak goes on
+            summary, error = {}, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         seconds = time.monotonic() - t0
         left = leftovers(ws)
         shutil.rmtree(ws)
@@ -135,11 +139,11 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
         samples.append({"run": run, "kind": kind, "t": round(time.monotonic() - t_start, 1), "files": n_files,
                         "damaged": n_bad, "seconds": round(seconds, 2), "volumes": summary.get("volumes"),
                         "quarantined": summary.get("quarantined"), "rss_bytes": rss_tree(), "fds": open_fds(),
-                        "temp_entries": temp_entries(), "leftovers": left})
+                        "temp_entries": temp_entries(), "leftovers": left, "error": error})
         s = samples[-1]
         print(f"soak run {run:3d} {kind:8s} t={s['t']:7.1f}s files={n_files:4d} damaged={n_bad:3d} "
               f"{seconds:6.1f}s rss={s['rss_bytes'] / 2**20:7.1f} MiB fds={s['fds']} tmp={s['temp_entries']}"
-              f"{' LEFTOVERS ' + str(left[:3]) if left else ''}", flush=True)
+              f"{' LEFTOVERS ' + str(left[:3]) if left else ''}{' FAILED ' + error if error else ''}", flush=True)
         run += 1
     return evaluate(samples, minutes=minutes)
 
@@ -162,7 +166,7 @@ def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) 
     res["workspace_leftovers"] = sum(len(s["leftovers"]) for s in samples)
     window = min(300.0, minutes * 60 / 3)
     total = max(s["t"] for s in samples)
-    ingests = [s for s in samples if s["kind"] == "ingest"]
+    ingests = [s for s in samples if s["kind"] == "ingest" and not s.get("error")]
 
     def rate(sel):
         secs = sum(s["seconds"] for s in sel)
@@ -173,7 +177,9 @@ def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) 
     res["throughput_first_files_per_s"], res["throughput_last_files_per_s"] = round(rate(early), 2), round(rate(late), 2)
     res["throughput_ratio"] = round(rate(late) / rate(early), 3) if early and late else None
     res["window_s"] = window
+    res["failed_runs"] = [f"run {s['run']} ({s['kind']}): {s['error']}" for s in samples if s.get("error")]
     checks = {
+        "every_run_completed": not res["failed_runs"],
         "rss_flat_within_10pct": res["rss_ratio"] <= 1.10,
         "fds_back_to_baseline": all(s["fds"] <= base_fds for s in post),
         "temp_back_to_baseline": all(s["temp_entries"] <= base_tmp for s in post),
