@@ -109,6 +109,9 @@ def place_cases(new_cases: pd.DataFrame, stored: pd.DataFrame, schema: CaseSchem
     label = resolve_label(stored, schema, label)
     if label is None:
         raise ValueError("the stored case base has no label column declared in the schema")
+    if new_cases.empty:
+        return {"patients": {}, "model": {"status": "skipped", "classifier": classifier, "label": label,
+                                          "reason": "no new patient with imaging features to place"}}
     stored = stored.copy()
     stored[KEY] = stored[KEY].astype(str)
     new = new_cases.copy()

@@ -163,3 +163,11 @@ def test_loo_neighbour_is_never_the_same_patient_at_another_timepoint():
     assert loo_agreement(table, cols, y, n_features=0)["loo_agreement"] == 1.0  # the twin row answers
     honest = loo_agreement(table, cols, y, n_features=0, groups=groups)
     assert honest["n"] == 40 and honest["loo_agreement"] < 0.9
+
+
+def test_place_cases_with_no_new_patient_reports_why(sts_like):
+    # a run whose only patient was quarantined has nothing to place: a reason, not a crash
+    cb, schema = sts_like
+    res = knowledge.place_cases(cb.table.iloc[:0].drop(columns=["lung_mets"]), cb.table, schema, label="lung_mets")
+    assert res["patients"] == {} and res["model"]["status"] == "skipped"
+    assert "no new patient" in res["model"]["reason"]
