@@ -18,7 +18,8 @@ from imaging.filter_spec import FilterSpec
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a rejected value (a source URI, a path) may identify a patient; errors name the field
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class CollectionConfig(_Model):
@@ -266,6 +267,16 @@ class PipelineConfig(_Model):
     discovery: DiscoveryConfig = DiscoveryConfig()
     compute: ComputeConfig = ComputeConfig()
     pacs: PacsConfig = PacsConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _no_identifiers_in_source(cls, value: str) -> str:
+        # the source is a run parameter that Prefect stores: a PACS query by patient/accession/study UID
+        # must reference the environment (env:NAME), never carry the identifier itself
+        from storage.pacs.uri import check_run_parameter
+
+        check_run_parameter(value)
+        return value
 
 
 def load_config(path: str | pathlib.Path | None, **overrides) -> PipelineConfig:

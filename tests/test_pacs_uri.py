@@ -64,3 +64,28 @@ def test_is_pacs_uri_and_env_credentials():
     assert dicomweb_auth_from_env({}) == {}
     with pytest.raises(PacsUriError, match="MEDFLOW_DICOMWEB_PASSWORD"):
         dicomweb_auth_from_env({"MEDFLOW_DICOMWEB_USER": "u"})
+
+
+def test_identifying_query_values_never_become_run_parameters(monkeypatch):
+    """Patient ID / accession / study UID in a source URI would be stored by Prefect as a run parameter:
+    the config refuses them (naming the key, not the value) and takes env: references instead."""
+    from pydantic import ValidationError
+
+    from medflow.config import PipelineConfig
+    from storage.pacs.uri import identifying_literals
+
+    for uri in ("dimse://ORTHANC@h:104?patient=CANARY-PID-77", "dicomweb+http://h/dw?accession=CANARY-ACC-9",
+                "dicomweb+http://h/dw?study_uid=1.2.3.4"):
+        with pytest.raises(ValidationError, match="environment") as err:
+            PipelineConfig(source=uri, workspace="/tmp/ws")
+        assert "CANARY" not in str(err.value) and "1.2.3.4" not in str(err.value)
+    assert identifying_literals("dimse://O@h:1?patient=env:MEDFLOW_PACS_PATIENT&modality=CT") == []
+    cfg = PipelineConfig(source="dimse://O@h:1?patient=env:MEDFLOW_PACS_PATIENT", workspace="/tmp/ws")
+    with pytest.raises(PacsUriError, match="not set"):
+        parse_source(cfg.source)
+    monkeypatch.setenv("MEDFLOW_PACS_PATIENT", "STS_001")
+    assert parse_source(cfg.source).query.patient == "STS_001"
+    with pytest.raises(PacsUriError, match="only"):
+        parse_source("dimse://O@h:1?modality=env:X")
+    # a date/modality query is not identifying and stays as it is
+    assert PipelineConfig(source="dimse://O@h:1?study_date=yesterday&modality=CT", workspace="/w").source

@@ -36,6 +36,11 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 SCHEMES = ("dimse", "dicomweb+http", "dicomweb+https")
+#: Query keys whose values identify a patient or a study (PS3.15 Table E.1-1: Patient ID, Accession Number,
+#: Study Instance UID). A source URI is a run parameter that Prefect stores, so through a flow these keys take
+#: ``env:VARIABLE`` (the value is read from the environment at pull time), never the literal value.
+IDENTIFYING_KEYS = ("patient", "accession", "study_uid")
+ENV_REF = "env:"
 QUERY_KEYS = ("patient", "study_date", "modality", "accession", "study_uid")
 DIMSE_KEYS = ("aet", "port", "retrieve")
 _CREDENTIAL_KEYS = {"user", "username", "password", "passwd", "pwd", "token", "access_token", "apikey", "api_key",
@@ -175,7 +180,7 @@ def parse_source(uri: str, *, today: _dt.date | None = None, require_query: bool
             raise PacsUriError(f"PACS source URI: unknown query key {key!r} (allowed: {', '.join(allowed)})")
         if key in values:
             raise PacsUriError(f"PACS source URI: query key {key!r} given twice")
-        values[key] = v.strip()
+        values[key] = _dereference(key, v.strip())
     uids = tuple(u.strip() for u in values.get("study_uid", "").split(",") if u.strip())
     for u in uids:
         if not re.fullmatch(r"[0-9.]{1,64}", u):
@@ -220,6 +225,49 @@ def parse_source(uri: str, *, today: _dt.date | None = None, require_query: bool
     netloc = f"{host}:{port}" if port else host
     base = f"{http}://{netloc}{parts.path.rstrip('/')}"
     return PacsSource(protocol="dicomweb", host=host, port=port, query=query, base_url=base)
+
+
+def _dereference(key: str, value: str) -> str:
+    """``env:NAME`` -> the value of environment variable NAME (only for :data:`IDENTIFYING_KEYS`)."""
+    if not value.startswith(ENV_REF):
+        return value
+    name = value[len(ENV_REF):]
+    if key not in IDENTIFYING_KEYS:
+        raise PacsUriError(f"{key}={value!r}: only {', '.join(IDENTIFYING_KEYS)} take env: references")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise PacsUriError(f"{key}=env:...: {name!r} is not an environment variable name")
+    resolved = os.environ.get(name, "").strip()
+    if not resolved:
+        raise PacsUriError(f"{key}=env:{name}: the environment variable {name} is not set")
+    return resolved
+
+
+def identifying_literals(uri: str) -> list[str]:
+    """Query keys of ``uri`` that carry a literal identifying value (Patient ID, Accession Number, Study UID).
+
+    A run parameter ends up in Prefect's database, so :func:`check_run_parameter` refuses them there.
+    """
+    if not is_pacs_uri(uri):
+        return []
+    pairs = parse_qsl(urlsplit(uri).query, keep_blank_values=True)
+    return sorted({k.strip().lower() for k, v in pairs
+                   if k.strip().lower() in IDENTIFYING_KEYS and v.strip() and not v.strip().startswith(ENV_REF)})
+
+
+def check_run_parameter(uri: str) -> None:
+    """Refuse a PACS URI that would put an identifying value into Prefect's run parameters.
+
+    Raises
+    ------
+    PacsUriError
+        Naming the query key (never its value) and the ``env:`` form to use instead.
+    """
+    bad = identifying_literals(uri)
+    if bad:
+        raise PacsUriError(
+            f"PACS source URI has an identifying value for {', '.join(bad)}: run parameters are stored by Prefect, "
+            f"so give it from the environment instead, e.g. {bad[0]}=env:MEDFLOW_PACS_{bad[0].upper()} "
+            "(or query by study_date/modality)")
 
 
 def redacted(uri: str) -> str:
