@@ -266,7 +266,9 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
         tag = (digests[0] or "unreadable")[:12]
         paths = [p for p, _sha in files]
         if unit_salt is None:
-            jobs.append((tag, paths, folder, False))
+            # one unit writes straight into ``folder``; several get a subfolder each, so two units holding parts
+            # of one series (conflicting PatientIDs) can never overwrite each other's volume on disk
+            jobs.append((tag, paths, folder if len(units) == 1 else folder / "units" / tag, False))
             continue
         key = sha256_bytes(canonical_json([unit_salt, digests]).encode())
         unit_folder = ws.artifact_dir(UNIT_STAGE, key)
@@ -285,10 +287,15 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
             vault.record_many(kind, [tuple(x) for x in items])
         for rej in res["quarantine"]:
             store.add(rej, run_id=run_id)
-        done.append((target if cached else None, res["summary"]))
+        summary = res["summary"]
+        if not cached and target != folder:
+            prefix = target.relative_to(folder).as_posix()
+            summary = {**summary, "volumes": [{**v, "rel": f"{prefix}/{v['rel']}"} for v in summary["volumes"]],
+                       "masks": [{**m, "rel": f"{prefix}/{m['rel']}"} for m in summary["masks"]]}
+        done.append((target if cached else None, summary))
         out.units_converted += 1
         del tag
-    for base, summary in done:
+    for base, summary in _resolve_split_series(done):
         out.n_files += int(summary["n_files"])
         out.volumes.extend(CollectedVolume(rel=v["rel"], meta=v["meta"], base=base) for v in summary["volumes"])
         out.masks.extend(CollectedMask(rel=m["rel"], meta=m["meta"], base=base) for m in summary["masks"])
@@ -300,6 +307,40 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     out.rejections.sort(key=lambda r: (str(r.get("reason")), str(r.get("sha256"))))
     out.routed.sort(key=lambda r: (str(r.get("reason")), str(r.get("sha256"))))
     out.qc.sort(key=lambda f: (str(f.get("volume_key")), str(f.get("code"))))
+    return out
+
+
+def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]]
+                          ) -> list[tuple[pathlib.Path | None, dict[str, Any]]]:
+    """One volume per volume key across units.
+
+    A series whose instances disagree on PatientID (a damaged or conflicting instance) is split over two
+    units, and each part would get the same volume key. The part with the most slices is kept; the others,
+    with the masks drawn on them, are reported as ``series_patient_conflict`` instead of silently
+    replacing one another.
+    """
+    owners: dict[str, tuple[int, int]] = {}
+    for i, (_base, summary) in enumerate(done):
+        for v in summary["volumes"]:
+            key, size = v["meta"]["volume_key"], int(v["meta"]["shape"][0]) if v["meta"].get("shape") else 0
+            if key not in owners or size > owners[key][1]:
+                owners[key] = (i, size)
+    out = []
+    for i, (base, summary) in enumerate(done):
+        lost = {v["meta"]["volume_key"] for v in summary["volumes"] if owners[v["meta"]["volume_key"]][0] != i}
+        if lost:
+            rejected = [{"sha256": f"{key}-part{i}", "reason": "series_patient_conflict",
+                         "series_key": next(v["meta"]["series_key"] for v in summary["volumes"]
+                                            if v["meta"]["volume_key"] == key),
+                         "detail": "part of a series whose instances disagree on the patient; the larger part "
+                                   "was converted, this part was not", "exception_type": None}
+                        for key in sorted(lost)]
+            summary = {**summary,
+                       "volumes": [v for v in summary["volumes"] if v["meta"]["volume_key"] not in lost],
+                       "masks": [m for m in summary["masks"] if m["meta"]["volume_key"] not in lost],
+                       "qc": [f for f in summary["qc"] if f.get("volume_key") not in lost],
+                       "rejections": [*summary["rejections"], *rejected]}
+        out.append((base, summary))
     return out
 
 

@@ -13,7 +13,7 @@ import importlib.metadata
 import platform
 
 STAGE_VERSIONS: dict[str, str] = {
-    "collection": "3",
+    "collection": "4",
     "preprocessing": "3",
     "processing": "4",
     "analysis": "2",
