@@ -46,3 +46,25 @@ def test_split_series_keeps_one_volume_per_key(split_source, tmp_path, salt):
     assert arr.shape[0] == n - 1
     conflicts = [r for r in out.rejections if r["reason"] == "series_patient_conflict"]
     assert len(conflicts) == 1 and conflicts[0]["series_key"] == vol.meta["series_key"]
+
+
+def test_one_unreadable_grouping_attribute_rejects_the_file_not_its_series(sample_dicom, tmp_path):
+    """BitsAllocated with a wrong VR (fuzz seed 7, series005) raised in the series split and quarantined all
+    the series' files as series_split_failed; now only that file is rejected (invalid_attribute)."""
+    src = tmp_path / "in"
+    shutil.copytree(sample_dicom / "STS_008" / "MR_T1" / "image", src)
+    files = sorted(src.iterdir())
+    z = [float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files]
+    edge = files[int(np.argmax(z))]
+    raw = edge.read_bytes()
+    ds = pydicom.dcmread(edge, stop_before_pixels=True)
+    assert not ds.is_implicit_VR and ds.is_little_endian
+    tag = b"\x28\x00\x00\x01US"  # (0028,0100) BitsAllocated, explicit VR
+    assert raw.count(tag) == 1
+    edge.write_bytes(raw.replace(tag, b"\x28\x00\x00\x01SH"))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out = collect_into(src, tmp_path / "stage", config=CollectionConfig(), keys=KEYS, workspace=ws, workers=1)
+    assert [v.meta["shape"][0] for v in out.volumes] == [len(files) - 1]
+    reasons = [r["reason"] for r in out.rejections]
+    assert reasons == ["invalid_attribute"], reasons

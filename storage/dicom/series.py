@@ -220,7 +220,14 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
     partitions: dict[tuple, list[FileEntry]] = defaultdict(list)
     for e in files:
         ds = e.dataset
-        if number_of_frames(ds) > 1 and not is_mosaic(ds):
+        try:  # one file's unreadable attribute (e.g. BitsAllocated with a wrong VR) rejects that file, not its series
+            frames, key = number_of_frames(ds), _split_key(ds)
+        except (ValueError, TypeError, OverflowError) as exc:
+            rejections.append(Rejection(e.sha256, "invalid_attribute", "an attribute that groups slices into "
+                                        "volumes (geometry, matrix, pixel format) cannot be read as its type",
+                                        type(exc).__name__, size=_size(e)))
+            continue
+        if frames > 1 and not is_mosaic(ds):
             plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
             continue
         has_geom = _floats(ds.get("ImageOrientationPatient"), 6) is not None and \
@@ -228,7 +235,7 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
         if not has_geom:
             plans.append(VolumePlan([e], "2d", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
             continue
-        partitions[_split_key(ds)].append(e)
+        partitions[key].append(e)
 
     for key, part in partitions.items():
         meta = _key_meta(key)
