@@ -22,6 +22,7 @@ Reason codes are the scan's and the guard's (``not_dicom``, ``unreadable_header`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -86,8 +87,6 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
     IngestBugError
         When medflow's own code fails on the file (not a data defect).
     """
-    from storage.dicom.pixels import ensure_transfer_syntax
-
     p = pathlib.Path(path)
     cap = limits.in_memory_bytes if limits is not None else IN_MEMORY_BYTES
     try:
@@ -108,32 +107,46 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
     if not _is_probably_dicom(data[:132]):
         return ReadResult(None, Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element",
                                           size=size))
+    ds, rejection = _parsed(functools.partial(_parse, data), digest, size)
+    del data  # the dataset holds what it needs
+    if rejection is not None:
+        return ReadResult(None, rejection)
+    return _entry(p, ds, digest, size, insp, full=True)
+
+
+def _parsed(parse, digest: str, size: int):
+    """``parse()``'s dataset, or the rejection its failure means (a medflow bug raises :class:`IngestBugError`)."""
     try:
         with _silenced():
-            ds = _parse(data)
+            return parse(), None
     except RecursionError as exc:
-        return ReadResult(None, Rejection(digest, "unreadable_header", "header nested too deeply",
-                                          type(exc).__name__, size=size))
+        return None, Rejection(digest, "unreadable_header", "header nested too deeply", type(exc).__name__,
+                               size=size)
     except Exception as exc:  # noqa: BLE001 - any parser failure is a rejection; a medflow bug is not
         raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
         reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
-        return ReadResult(None, Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__,
-                                          size=size))
-    del data  # the dataset holds what it needs
+        return None, Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__, size=size)
+
+
+def _entry(p: pathlib.Path, ds, digest: str, size: int, insp, *, full: bool) -> ReadResult:
+    """The parsed file as an entry, after checking that every top-level value decodes under its VR."""
+    from storage.dicom.pixels import ensure_transfer_syntax
+
     try:
         kind = classify(ds)
         is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
         with _silenced():  # pydicom's value warnings can quote values (and cost time to format)
             for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
                 pass
-        ensure_transfer_syntax(ds)
+        if full:
+            ensure_transfer_syntax(ds)
     except Exception as exc:  # noqa: BLE001
         raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
         return ReadResult(None, Rejection(digest, "unreadable_header", "header elements could not be decoded",
                                           type(exc).__name__, size=size))
     if is_dir:
         return ReadResult(None, Rejection(digest, "dicomdir", "DICOMDIR index file (no image)", size=size))
-    return ReadResult(FileEntry(path=p, sha256=digest, dataset=ds, object_kind=kind, full=True), None, insp)
+    return ReadResult(FileEntry(path=p, sha256=digest, dataset=ds, object_kind=kind, full=full), None, insp)
 
 
 def _read_streaming(p: pathlib.Path, size: int, limits: GuardLimits | None) -> ReadResult:
@@ -155,30 +168,10 @@ def _read_streaming(p: pathlib.Path, size: int, limits: GuardLimits | None) -> R
     if not _is_probably_dicom(head):
         return ReadResult(None, Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element",
                                           size=size))
-    try:
-        with _silenced():
-            ds = read_header(p)
-    except RecursionError as exc:
-        return ReadResult(None, Rejection(digest, "unreadable_header", "header nested too deeply",
-                                          type(exc).__name__, size=size))
-    except Exception as exc:  # noqa: BLE001
-        raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
-        reason = "not_dicom" if type(exc).__name__ == "InvalidDicomError" else "unreadable_header"
-        return ReadResult(None, Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__,
-                                          size=size))
-    try:
-        kind = classify(ds)
-        is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
-        with _silenced():  # pydicom's value warnings can quote values (and cost time to format)
-            for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
-                pass
-    except Exception as exc:  # noqa: BLE001
-        raise_if_bug(exc, stage="scan", input_key=file_handle(digest))
-        return ReadResult(None, Rejection(digest, "unreadable_header", "header elements could not be decoded",
-                                          type(exc).__name__, size=size))
-    if is_dir:
-        return ReadResult(None, Rejection(digest, "dicomdir", "DICOMDIR index file (no image)", size=size))
-    return ReadResult(FileEntry(path=p, sha256=digest, dataset=ds, object_kind=kind, full=False), None, insp)
+    ds, rejection = _parsed(lambda: read_header(p), digest, size)
+    if rejection is not None:
+        return ReadResult(None, rejection)
+    return _entry(p, ds, digest, size, insp, full=False)
 
 
 def read_files(paths: list[pathlib.Path], *, limits: GuardLimits | None,
