@@ -12,7 +12,7 @@ import json
 import pathlib
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, func, select
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -98,7 +98,12 @@ class Catalog:
 
     def __init__(self, url: str):
         self.engine = create_engine(url, future=True)
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # CREATE TABLE IF NOT EXISTS races between two runs starting at once (pg_type unique violation):
+                # one transaction-scoped advisory lock serialises the schema creation
+                conn.execute(text("SELECT pg_advisory_xact_lock(7260414)"))
+            Base.metadata.create_all(conn)
 
     @classmethod
     def for_workspace(cls, workspace: str | pathlib.Path, url: str | None = None) -> Catalog:
