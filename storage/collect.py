@@ -165,7 +165,7 @@ def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: An
         write_array(folder / rel, vol.volume, affine=vol.affine, spacing=vol.spacing,
                     attrs={"medflow": {k: v for k, v in meta.items() if k != "info"}, "dicom": meta["info"]},
                     chunk_mb=float(config.chunk_mb))
-        out["volumes"].append({"rel": rel, "meta": meta})
+        out["volumes"].append({"rel": rel, "meta": meta, "files": list(vol.source_sha256s)})
 
     vol_meta = {v["meta"]["volume_key"]: v["meta"] for v in out["volumes"]}
     per_volume: dict[str, int] = {}
@@ -295,7 +295,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
         done.append((target if cached else None, summary))
         out.units_converted += 1
         del tag
-    for base, summary in _resolve_split_series(done):
+    for base, summary in _resolve_split_series(done, store=store, run_id=run_id):
         out.n_files += int(summary["n_files"])
         out.volumes.extend(CollectedVolume(rel=v["rel"], meta=v["meta"], base=base) for v in summary["volumes"])
         out.masks.extend(CollectedMask(rel=m["rel"], meta=m["meta"], base=base) for m in summary["masks"])
@@ -310,7 +310,8 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     return out
 
 
-def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]]
+def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]], *,
+                          store: QuarantineStore | None = None, run_id: str | None = None
                           ) -> list[tuple[pathlib.Path | None, dict[str, Any]]]:
     """One volume per volume key across units.
 
@@ -329,12 +330,15 @@ def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]]
     for i, (base, summary) in enumerate(done):
         lost = {v["meta"]["volume_key"] for v in summary["volumes"] if owners[v["meta"]["volume_key"]][0] != i}
         if lost:
-            rejected = [{"sha256": f"{key}-part{i}", "reason": "series_patient_conflict",
-                         "series_key": next(v["meta"]["series_key"] for v in summary["volumes"]
-                                            if v["meta"]["volume_key"] == key),
+            rejected = [{"sha256": sha, "reason": "series_patient_conflict", "series_key": v["meta"]["series_key"],
                          "detail": "part of a series whose instances disagree on the patient; the larger part "
                                    "was converted, this part was not", "exception_type": None}
-                        for key in sorted(lost)]
+                        for v in summary["volumes"] if v["meta"]["volume_key"] in lost
+                        for sha in (v.get("files") or [f"{v['meta']['volume_key']}-part{i}"])]
+            if store is not None:
+                for r in rejected:
+                    store.add(Rejection(r["sha256"], r["reason"], r["detail"], series_key=r["series_key"]),
+                              run_id=run_id)
             summary = {**summary,
                        "volumes": [v for v in summary["volumes"] if v["meta"]["volume_key"] not in lost],
                        "masks": [m for m in summary["masks"] if m["meta"]["volume_key"] not in lost],

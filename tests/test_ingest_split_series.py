@@ -4,6 +4,7 @@ converted and the smaller is reported as ``series_patient_conflict``."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import numpy as np
@@ -28,12 +29,12 @@ def split_source(sample_dicom, tmp_path):
     ds = pydicom.dcmread(edge)
     ds.PatientID = "SOMEONE-ELSE"
     ds.save_as(edge)
-    return src, len(files)
+    return src, len(files), edge
 
 
 @pytest.mark.parametrize("salt", [None, "unit-salt"])
 def test_split_series_keeps_one_volume_per_key(split_source, tmp_path, salt):
-    src, n = split_source
+    src, n, edge = split_source
     ws = tmp_path / f"ws-{salt}"
     ws.mkdir()
     out = collect_into(src, tmp_path / f"stage-{salt}", config=CollectionConfig(), keys=KEYS, workspace=ws,
@@ -46,6 +47,10 @@ def test_split_series_keeps_one_volume_per_key(split_source, tmp_path, salt):
     assert arr.shape[0] == n - 1
     conflicts = [r for r in out.rejections if r["reason"] == "series_patient_conflict"]
     assert len(conflicts) == 1 and conflicts[0]["series_key"] == vol.meta["series_key"]
+    # the dropped part is named by its file's content digest and quarantined, so no file goes unaccounted
+    edge_sha = hashlib.sha256(edge.read_bytes()).hexdigest()
+    assert conflicts[0]["sha256"] == edge_sha
+    assert (ws / "quarantine" / f"{edge_sha}.json").is_file()
 
 
 def test_one_unreadable_grouping_attribute_rejects_the_file_not_its_series(sample_dicom, tmp_path):

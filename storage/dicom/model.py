@@ -100,6 +100,8 @@ class ConvertedVolume:
     meta: dict[str, Any]
     volume_index: int = 0
     instance_uids: list[str] = field(default_factory=list)
+    #: content digests of the files the volume was built from (PHI-free; lets a dropped volume name its files)
+    source_sha256s: list[str] = field(default_factory=list)
     series_uid: str = ""
     frame_of_reference_uid: str | None = None
     patient_id: str = ""  # PHI: in memory only, pseudonymised by the collection task

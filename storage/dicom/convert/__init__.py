@@ -123,6 +123,8 @@ def convert_series(group: SeriesGroup, *, max_pixel_bytes: int = DEFAULT_MAX_PIX
             rejections.extend(_reject(e, "conversion_failed", "the volume could not be assembled", exc)
                               for e in plan.entries)
             continue
+        for v in built:
+            v.source_sha256s = sorted({e.sha256 for e in plan.entries})
         volumes.extend(built)
     for i, v in enumerate(volumes):
         v.volume_index = i
