@@ -134,7 +134,8 @@ def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: An
                            seg_fractional_threshold=config.seg_fractional_threshold,
                            rtstruct_slice_tolerance=config.rtstruct_slice_tolerance,
                            refuse=None if config.allow_burned_in else burned_in_refusal)
-    out: dict[str, Any] = {"volumes": [], "masks": [], "rejections": [], "qc": [], "n_files": result.n_files}
+    out: dict[str, Any] = {"volumes": [], "masks": [], "rejections": [], "qc": [], "n_files": result.n_files,
+                           "series_files": {}}
     by_series: dict[tuple[str, int], str] = {}
     pairs: dict[str, set[tuple[str, str]]] = {"patient": set(), "study": set(), "series": set()}
     for vol in sorted(result.volumes, key=lambda v: (keys.series_key(v.series_uid), v.volume_index)):
@@ -146,6 +147,8 @@ def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: An
         pairs["study"].add((vol.study_uid, study_key))
         pairs["series"].add((vol.series_uid, series_key))
         by_series[(vol.series_uid, vol.volume_index)] = volume_key
+        # files of each series that became volumes, QC-rejected ones included: which unit owns a split series
+        out["series_files"][series_key] = out["series_files"].get(series_key, 0) + max(1, len(vol.source_sha256s))
         findings = _volume_qc(vol)
         for f in findings:
             out["qc"].append({"volume_key": volume_key, "series_key": series_key, **f})
@@ -310,29 +313,43 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     return out
 
 
+def _series_sizes(summary: dict[str, Any]) -> dict[str, int]:
+    """Files per series key that one unit turned into volumes (QC-rejected volumes included)."""
+    if summary.get("series_files") is not None:
+        return {str(k): int(v) for k, v in summary["series_files"].items()}
+    sizes: dict[str, int] = {}  # a unit summary cached before series_files existed: its written volumes
+    for v in summary["volumes"]:
+        key = v["meta"]["series_key"]
+        sizes[key] = sizes.get(key, 0) + max(1, len(v.get("files") or []))
+    return sizes
+
+
 def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]], *,
                           store: QuarantineStore | None = None, run_id: str | None = None
                           ) -> list[tuple[pathlib.Path | None, dict[str, Any]]]:
-    """One volume per volume key across units.
+    """One unit per series.
 
     A series whose instances disagree on PatientID (a damaged or conflicting instance) is split over two
-    units, and each part would get the same volume key. The part with the most slices is kept; the others,
-    with the masks drawn on them, are reported as ``series_patient_conflict`` instead of silently
-    replacing one another.
+    units. The unit holding the most of the series' files (counted over every volume it built, including
+    one that QC then rejected) keeps the series; the volumes other units built from it, with the masks
+    drawn on them, are reported per file as ``series_patient_conflict``. Owners are chosen per series, not
+    per volume key: volume indices are numbered per unit, so ``v0`` of one part need not be the same
+    volume as ``v0`` of another (fuzz seed 7: a 1-file part and a 2-D image of the other part), and the
+    size of a part is its file count, not ``shape[0]`` (the rows of a 2-D image).
     """
     owners: dict[str, tuple[int, int]] = {}
     for i, (_base, summary) in enumerate(done):
-        for v in summary["volumes"]:
-            key, size = v["meta"]["volume_key"], int(v["meta"]["shape"][0]) if v["meta"].get("shape") else 0
+        for key, size in _series_sizes(summary).items():
             if key not in owners or size > owners[key][1]:
                 owners[key] = (i, size)
     out = []
     for i, (base, summary) in enumerate(done):
-        lost = {v["meta"]["volume_key"] for v in summary["volumes"] if owners[v["meta"]["volume_key"]][0] != i}
+        lost = {v["meta"]["volume_key"] for v in summary["volumes"]
+                if owners.get(v["meta"]["series_key"], (i, 0))[0] != i}
         if lost:
             rejected = [{"sha256": sha, "reason": "series_patient_conflict", "series_key": v["meta"]["series_key"],
-                         "detail": "part of a series whose instances disagree on the patient; the larger part "
-                                   "was converted, this part was not", "exception_type": None}
+                         "detail": "part of a series whose instances disagree on the patient; the part with the "
+                                   "most files was kept, this part was not converted", "exception_type": None}
                         for v in summary["volumes"] if v["meta"]["volume_key"] in lost
                         for sha in (v.get("files") or [f"{v['meta']['volume_key']}-part{i}"])]
             if store is not None:

@@ -11,6 +11,7 @@ inputs byte-identical.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import pathlib
 import random
@@ -119,3 +120,149 @@ def test_regression_patient_of_never_raises(fuzz, shared_data):
     for _ in range(300):
         mutated, _what = fuzz.mutate(rng.choice(kinds), data, rng)
         assert patient_of(mutated) is None or isinstance(patient_of(mutated), str)
+
+
+# seed 7 (``scripts/fuzz.py --n 1000 --seed 7``): the exact damaged files, rebuilt from their donors by the bits the
+# run flipped (byte offset -> XOR mask, read off the run's batch against the donor)
+_SEED7_0024 = ("STS_026/CT/image/000024.dcm", {1199: 0x20, 2022: 0x40})  # series015/0024.dcm: IPP z "-798.3t0..."
+_SEED7_0038 = ("STS_026/MR_T1/image/000038.dcm",  # series035/0038.dcm: File Meta tag, IOP, SeriesUID, SliceThickness
+               {44: 0x20, 132: 0x02, 715: 0x10, 1002: 0x04, 1401: 0x02, 1687: 0x40, 1891: 0x04, 2094: 0x04})
+
+
+def _cohort(shared_data):
+    return shared_data / "sts_cohort" / "dicom"
+
+
+def _flipped(path, flips: dict[int, int]) -> bytes:
+    data = bytearray(path.read_bytes())
+    for i, mask in flips.items():
+        data[i] ^= mask
+    return bytes(data)
+
+
+def _collect(fuzz, src, tmp_path, **kw):
+    from storage.collect import collect_into
+    from storage.pseudonym import PseudonymKeys
+
+    return collect_into(src, tmp_path / "out", config=fuzz.collection_config(), keys=PseudonymKeys("r" * 32),
+                        workspace=tmp_path / "ws", run_id="regression", **kw)
+
+
+def test_regression_damaged_position_is_quarantined_not_made_2d(fuzz, shared_data, tmp_path):
+    """Seed 7, series015/0024.dcm: two header bits flipped, one turning ImagePositionPatient's z into
+    "-798.3t000000000". pydicom keeps an unparseable DS as a string, medflow's number reader took it for an
+    absent position, and the CT slice was converted as a separate 2-D image placed at the origin (0, 0, 0)
+    (wrong geometry, reported as a wrong conversion and a lost file). Now a top-level DS value that is not a
+    number rejects the file as ``invalid_attribute`` and the rest of the series converts."""
+    rel, flips = _SEED7_0024
+    donor = _cohort(shared_data) / rel
+    files = sorted(donor.parent.glob("*.dcm"))
+    keep = files[:files.index(donor)]  # the slices before it: the damaged one is the last slice, no gap
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in keep:
+        (src / f.name).write_bytes(f.read_bytes())
+    (src / donor.name).write_bytes(_flipped(donor, flips))
+    summary = _collect(fuzz, src, tmp_path)
+    assert [(v.meta["kind"], v.meta["shape"][0]) for v in summary.volumes] == [("3d", len(keep))]
+    assert [r["reason"] for r in summary.rejections] == ["invalid_attribute"]
+    assert "ImagePositionPatient" in summary.rejections[0]["detail"]
+    assert summary.rejections[0]["sha256"] == hashlib.sha256((src / donor.name).read_bytes()).hexdigest()
+
+
+def test_regression_damaged_slice_thickness_is_quarantined_not_defaulted(fuzz, shared_data, tmp_path):
+    """Seed 7, series035/0038.dcm: eight bits flipped; the SeriesInstanceUID changed (a series of its own)
+    and SliceThickness became "3.26994y99999999". The single slice was converted with a slice spacing of
+    1 mm (the default for an absent SliceThickness) instead of 3.27 mm. Now quarantined (invalid_attribute)."""
+    rel, flips = _SEED7_0038
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "0038.dcm").write_bytes(_flipped(_cohort(shared_data) / rel, flips))
+    summary = _collect(fuzz, src, tmp_path)
+    assert summary.volumes == []
+    assert [r["reason"] for r in summary.rejections] == ["invalid_attribute"]
+    assert "SliceThickness" in summary.rejections[0]["detail"]
+
+
+def _split_series_source(donor_dir, dest, *, n: int, gap: bool, other_patient: str) -> tuple[str, list[str]]:
+    """``n`` slices of a donor series (the middle one left out when ``gap``), the last with another PatientID.
+    Returns the relative name of that file and of the others."""
+    import pydicom
+
+    files = sorted(donor_dir.glob("*.dcm"))[:n]
+    dest.mkdir(parents=True)
+    names = []
+    for i, f in enumerate(files[:-1]):
+        if gap and i == len(files) // 2:
+            continue
+        (dest / f.name).write_bytes(f.read_bytes())
+        names.append(f.name)
+    ds = pydicom.dcmread(files[-1])
+    ds.PatientID = other_patient
+    ds.save_as(dest / files[-1].name)
+    return files[-1].name, names
+
+
+def test_regression_split_series_owner_counts_qc_rejected_part(fuzz, shared_data, tmp_path):
+    """Seed 7, series015: a series split over two units by a damaged PatientID. The larger part failed QC
+    (missing slices) and so was absent from the converted volumes; the owner of each volume key was chosen
+    among *converted* volumes only and by ``shape[0]`` (the rows, for a 2-D image), so a lone slice of the
+    other part (or a 2-D image) was kept as the series' volume. Now the owner is the unit holding most of the
+    series' files, QC-rejected volumes included: nothing of the series is written and the lone slice is
+    quarantined as series_patient_conflict."""
+    src = tmp_path / "src"
+    other, _names = _split_series_source(_cohort(shared_data) / "STS_026" / "CT" / "image", src, n=12, gap=True,
+                                         other_patient="STS_026X")
+    summary = _collect(fuzz, src, tmp_path, workers=1)
+    assert summary.volumes == []
+    reasons = sorted(r["reason"] for r in summary.rejections)
+    assert reasons == ["qc_failed", "series_patient_conflict"], reasons
+    conflict = next(r for r in summary.rejections if r["reason"] == "series_patient_conflict")
+    assert conflict["sha256"] == hashlib.sha256((src / other).read_bytes()).hexdigest()
+    assert (tmp_path / "ws" / "quarantine" / f"{conflict['sha256']}.json").is_file()
+
+
+@pytest.mark.parametrize(("rel", "keyword", "vr"), [
+    ("STS_029/CT/image/000015.dcm", "ImagePositionPatient", b"US"),  # seed 7 series014/0015.dcm
+    ("STS_001/MR_T1/image/000040.dcm", "ImagePositionPatient", b"AT"),  # seed 7 series020/0040.dcm
+    ("STS_018/MR_T1/image/000024.dcm", "ImageOrientationPatient", b"AT"),  # seed 7 series023/0024.dcm
+])
+def test_regression_plane_with_wrong_vr_is_quarantined_not_made_2d(fuzz, shared_data, tmp_path, rel, keyword, vr):
+    """Seed 7 (found once the oracle checked 2-D images, below): the VR of ImagePositionPatient or
+    ImageOrientationPatient replaced by US or AT. The value still decodes (as 25 integers or tags), so the
+    file passed the ingest, had no 3-number position / 6-number orientation, and was converted as a 2-D image
+    placed at the origin. Now a plane attribute present but unreadable rejects the file (invalid_attribute)."""
+    from pydicom.datadict import tag_for_keyword
+
+    donor = _cohort(shared_data) / rel
+    files = sorted(donor.parent.glob("*.dcm"))
+    keep = files[files.index(donor) - 5:files.index(donor)]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in keep:
+        (src / f.name).write_bytes(f.read_bytes())
+    data = fuzz.explicit_le(donor.read_bytes())  # what mutate("wrong_vr") does, on the element it chose
+    el = next(e for e in fuzz.elements(data) if e.tag == tag_for_keyword(keyword))
+    (src / donor.name).write_bytes(data[:el.start + 4] + vr + data[el.start + 6:])
+    summary = _collect(fuzz, src, tmp_path)
+    assert [(v.meta["kind"], v.meta["shape"][0]) for v in summary.volumes] == [("3d", len(keep))]
+    assert [r["reason"] for r in summary.rejections] == ["invalid_attribute"]
+    assert keyword in summary.rejections[0]["detail"]
+
+
+def test_half_a_plane_is_missing_geometry_not_2d(fuzz, shared_data, tmp_path):
+    """The same defect with the attribute gone (e.g. its tag damaged): a slice with ImagePositionPatient but no
+    ImageOrientationPatient was a 2-D image with an invented orientation at the origin; now missing_geometry."""
+    import pydicom
+
+    files = sorted((_cohort(shared_data) / "STS_018" / "MR_T1" / "image").glob("*.dcm"))[:6]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in files[:-1]:
+        (src / f.name).write_bytes(f.read_bytes())
+    ds = pydicom.dcmread(files[-1])
+    del ds.ImageOrientationPatient
+    ds.save_as(src / files[-1].name)
+    summary = _collect(fuzz, src, tmp_path)
+    assert [(v.meta["kind"], v.meta["shape"][0]) for v in summary.volumes] == [("3d", len(files) - 1)]
+    assert [r["reason"] for r in summary.rejections] == ["missing_geometry"]

@@ -19,7 +19,10 @@ points). :func:`split_volumes` turns one :class:`SeriesGroup` into
 
 from __future__ import annotations
 
+import math
+import re
 from collections import defaultdict
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +128,91 @@ def _floats(v, n: int | None = None) -> tuple[float, ...] | None:
     return vals
 
 
+#: a DS value (PS3.5 6.2): a fixed or floating point number, optionally signed, with leading/trailing spaces
+_DS_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _ds_text_ok(text: str) -> bool:
+    """One value of a DS element is empty or a finite decimal number as PS3.5 writes it."""
+    text = text.strip(" \x00")
+    return not text or (_DS_RE.fullmatch(text) is not None and math.isfinite(float(text)))
+
+
+def _ds_value_ok(value) -> bool:
+    """A value pydicom converted: DSfloat (keeps the file's text), a plain string (pydicom could not read it)."""
+    if value is None:
+        return True
+    text = getattr(value, "original_string", None)
+    if text is None and not isinstance(value, str):
+        try:
+            return math.isfinite(float(value))
+        except (TypeError, ValueError):
+            return False
+    return _ds_text_ok(str(value if text is None else text))
+
+
+def unreadable_decimal(ds) -> str | None:
+    """Keyword (or tag) of the first top-level DS element holding a value that is not a decimal number.
+
+    pydicom (reading validation mode WARN) keeps such a value as a plain string instead of raising,
+    so the ingest's "every top-level value decodes under its VR" check lets it through, and the
+    number readers here (:func:`_floats`, :func:`_num`) would treat it like an *absent* value: a
+    damaged ImagePositionPatient made a CT slice a 2-D image at the origin, a damaged SliceThickness
+    made a single-slice volume 1 mm thick (fuzz seed 7). A damaged value is a data defect, not a
+    missing one. (IS values are converted eagerly by pydicom: an unreadable IS already fails the
+    ingest's check.) Values still raw are checked from their bytes, without converting any element.
+    """
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.dataelem import RawDataElement
+
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        vr = elem.VR
+        if vr is None:  # implicit VR, not converted yet: the dictionary's VR (private tags are not checked)
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+        if vr != "DS":
+            continue
+        if isinstance(elem, RawDataElement):
+            ok = elem.value is None or all(_ds_text_ok(t) for t in bytes(elem.value).decode("latin-1").split("\\"))
+        else:
+            value = elem.value
+            ok = all(_ds_value_ok(v) for v in (value if isinstance(value, MutableSequence | tuple) else [value]))
+        if not ok:
+            return keyword_for_tag(tag) or str(tag)
+    return None
+
+
+#: plane geometry (PS3.3 C.7.6.2): keyword, tag, number of values
+_PLANE_GEOMETRY = (("ImagePositionPatient", 0x00200032, 3), ("ImageOrientationPatient", 0x00200037, 6),
+                   ("PixelSpacing", 0x00280030, 2))
+
+
+def unreadable_geometry(ds) -> str | None:
+    """Keyword of a plane geometry attribute that is present, not empty, and yet not readable as its
+    numbers: another VR than DS (e.g. US or AT: its bytes decode as integers or tags), or not that many
+    finite values. Such a file would otherwise be taken for one *without* geometry and become a 2-D image
+    placed at the origin (fuzz seed 7: ImagePositionPatient with VR US or AT, ImageOrientationPatient with VR AT).
+    """
+    for name, tag, n in _PLANE_GEOMETRY:
+        if tag not in ds:
+            continue
+        elem = ds.get_item(tag)
+        vr = elem.VR or "DS"  # implicit VR, not converted yet: the dictionary's VR
+        try:
+            value = ds[tag].value
+        except Exception:  # noqa: BLE001 - a value that does not decode is unreadable (the ingest rejects it first)
+            return name
+        if value is None or (isinstance(value, str | bytes) and not value.strip()) or \
+                (isinstance(value, MutableSequence) and len(value) == 0):
+            continue  # empty: absent
+        if vr != "DS" or _floats(value, n) is None:
+            return name
+    return None
+
+
 def _num(ds, name: str) -> float | None:
     v = ds.get(name)
     if v is None or v == "":
@@ -198,7 +286,9 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
         Files that fit no volume: ``duplicate_instance_conflict`` (same SOPInstanceUID,
         different bytes), ``duplicate_slice_positions`` (repeated positions that do not form
         complete time points), ``missing_geometry`` (no usable IOP/IPP where a 3-D stack was
-        expected).
+        expected, or only one of the two), ``invalid_attribute`` (a grouping attribute that cannot
+        be read as its type, a top-level DS value that is not a number: :func:`unreadable_decimal`,
+        a plane geometry attribute present but unreadable: :func:`unreadable_geometry`).
     """
     rejections: list[Rejection] = []
     # 1. exact duplicates (same SOPInstanceUID): keep one copy; conflicting bytes are rejected
@@ -220,6 +310,16 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
     partitions: dict[tuple, list[FileEntry]] = defaultdict(list)
     for e in files:
         ds = e.dataset
+        bad = unreadable_decimal(ds)
+        if bad is not None:  # a damaged number must never read as an absent one (geometry, spacing, rescale)
+            rejections.append(Rejection(e.sha256, "invalid_attribute", f"{bad} holds a value that is not a decimal "
+                                        "number (DS)", size=_size(e)))
+            continue
+        bad = unreadable_geometry(ds)
+        if bad is not None:  # a damaged position/orientation/spacing must never read as an absent one (2-D image)
+            rejections.append(Rejection(e.sha256, "invalid_attribute", f"{bad} is present but cannot be read as "
+                                        "its decimal numbers (wrong VR or number of values)", size=_size(e)))
+            continue
         try:  # one file's unreadable attribute (e.g. BitsAllocated with a wrong VR) rejects that file, not its series
             frames, key = number_of_frames(ds), _split_key(ds)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -230,9 +330,14 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
         if frames > 1 and not is_mosaic(ds):
             plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
             continue
-        has_geom = _floats(ds.get("ImageOrientationPatient"), 6) is not None and \
-            _floats(ds.get("ImagePositionPatient"), 3) is not None
-        if not has_geom:
+        has_iop = _floats(ds.get("ImageOrientationPatient"), 6) is not None
+        has_ipp = _floats(ds.get("ImagePositionPatient"), 3) is not None
+        if has_iop != has_ipp:  # half a plane (the other attribute absent): a 2-D image would invent the other half
+            rejections.append(Rejection(e.sha256, "missing_geometry", "ImagePositionPatient without "
+                                        "ImageOrientationPatient or the reverse: the plane cannot be placed",
+                                        size=_size(e)))
+            continue
+        if not has_iop:  # no plane geometry at all: a projection / secondary-capture / ultrasound image
             plans.append(VolumePlan([e], "2d", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
             continue
         partitions[key].append(e)

@@ -35,7 +35,8 @@ REASON_CODES: dict[str, str] = {
     "duplicate_instance_conflict": "several files share one SOP Instance UID but their pixel data differ "
                                    "(all copies rejected: no way to tell which is right)",
     "series_patient_conflict": "part of a series whose instances disagree on the patient (PatientID); the "
-                               "part with the most slices was converted, the smaller part was not",
+                               "part with the most files kept the series (converted unless QC rejected it), "
+                               "the smaller part was not converted",
     "duplicate_instance": "an identical duplicate of another file's instance (same SOP Instance UID and "
                           "pixel data); one copy was kept",
     "unsupported_transfer_syntax": "no available decoder for the transfer syntax (unknown, private, "
