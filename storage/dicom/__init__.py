@@ -84,6 +84,7 @@ def collect_files(paths: list[pathlib.Path], *, max_pixel_bytes: int = 2 * 1024*
 
     from storage.dicom.bugs import file_handle, raise_if_bug
     from storage.dicom.convert import convert_series
+    from storage.dicom.guard.common import _silenced
     from storage.dicom.ingest import read_files
     from storage.dicom.rtstruct import rasterise_rtstruct
     from storage.dicom.series import group_series
@@ -92,54 +93,56 @@ def collect_files(paths: list[pathlib.Path], *, max_pixel_bytes: int = 2 * 1024*
     entries, rejections = read_files(list(paths), limits=guard_limits, guard_workers=guard_workers)
     result.n_files = len(paths)
     result.rejections.extend(rejections)
-    if refuse is not None:  # policy hook, e.g. burned-in annotation risk (de-identification boundary)
-        allowed = []
-        for e in entries:
-            reason = refuse(e.dataset) if e.object_kind == "image" else None
-            if reason is None:
-                allowed.append(e)
-            else:
-                result.rejections.append(Rejection(e.sha256, reason, "refused by the collection policy "
-                                                   f"({reason}); set allow_burned_in to accept such images"))
-        entries = allowed
-    groups = group_series(entries)
-    for g in groups:
-        if g.object_kind != "image":
-            continue
-        vols, rej = convert_series(g, max_pixel_bytes=max_pixel_bytes, pet_units=pet_units,  # type: ignore[arg-type]
-                                   apply_magnification=apply_magnification)
-        for v in vols:  # identity links for pseudonymisation (in memory only)
-            v.patient_id, v.study_uid = g.patient_id, g.study_uid
-        result.volumes.extend(vols)
-        result.rejections.extend(rej)
-    for g in groups:
-        if g.object_kind in ("rtstruct", "seg"):
-            for e in g.files:
-                try:
-                    ds = e.dataset if e.full else pydicom.dcmread(e.path, force=True)
-                except Exception as exc:  # noqa: BLE001
-                    raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
-                    result.rejections.append(Rejection(e.sha256, "unreadable_file", "the file could not be read in full",
-                                                       type(exc).__name__))
-                    continue
-                try:
-                    if g.object_kind == "rtstruct":
-                        masks, rej = rasterise_rtstruct(ds, result.volumes, sha256=e.sha256,
-                                                        slice_tolerance=rtstruct_slice_tolerance)
-                    else:
-                        from storage.dicom.seg import convert_seg
+    # values are converted lazily from here on: pydicom's value warnings can quote values (PHI) and cost time
+    with _silenced():
+        if refuse is not None:  # policy hook, e.g. burned-in annotation risk (de-identification boundary)
+            allowed = []
+            for e in entries:
+                reason = refuse(e.dataset) if e.object_kind == "image" else None
+                if reason is None:
+                    allowed.append(e)
+                else:
+                    result.rejections.append(Rejection(e.sha256, reason, "refused by the collection policy "
+                                                       f"({reason}); set allow_burned_in to accept such images"))
+            entries = allowed
+        groups = group_series(entries)
+        for g in groups:
+            if g.object_kind != "image":
+                continue
+            vols, rej = convert_series(g, max_pixel_bytes=max_pixel_bytes, pet_units=pet_units,  # type: ignore[arg-type]
+                                       apply_magnification=apply_magnification)
+            for v in vols:  # identity links for pseudonymisation (in memory only)
+                v.patient_id, v.study_uid = g.patient_id, g.study_uid
+            result.volumes.extend(vols)
+            result.rejections.extend(rej)
+        for g in groups:
+            if g.object_kind in ("rtstruct", "seg"):
+                for e in g.files:
+                    try:
+                        ds = e.dataset if e.full else pydicom.dcmread(e.path, force=True)
+                    except Exception as exc:  # noqa: BLE001
+                        raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
+                        result.rejections.append(Rejection(e.sha256, "unreadable_file", "the file could not be read in full",
+                                                           type(exc).__name__))
+                        continue
+                    try:
+                        if g.object_kind == "rtstruct":
+                            masks, rej = rasterise_rtstruct(ds, result.volumes, sha256=e.sha256,
+                                                            slice_tolerance=rtstruct_slice_tolerance)
+                        else:
+                            from storage.dicom.seg import convert_seg
 
-                        masks, rej = convert_seg(ds, result.volumes, sha256=e.sha256, max_pixel_bytes=max_pixel_bytes,
-                                                 fractional_threshold=seg_fractional_threshold)
-                except Exception as exc:  # noqa: BLE001
-                    raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
-                    masks, rej = [], [Rejection(e.sha256, f"{g.object_kind}_failed",
-                                                f"the {g.object_kind} object could not be rasterised",
-                                                type(exc).__name__)]
-                result.masks.extend(masks)
-                result.rejections.extend(rej)
-        elif g.object_kind != "image":
-            result.routed.extend(Rejection(e.sha256, f"non_image_object:{g.object_kind}",
-                                           f"{g.object_kind} object recognised and routed, not converted")
-                                 for e in g.files)
+                            masks, rej = convert_seg(ds, result.volumes, sha256=e.sha256, max_pixel_bytes=max_pixel_bytes,
+                                                     fractional_threshold=seg_fractional_threshold)
+                    except Exception as exc:  # noqa: BLE001
+                        raise_if_bug(exc, stage=g.object_kind, input_key=file_handle(e.sha256))
+                        masks, rej = [], [Rejection(e.sha256, f"{g.object_kind}_failed",
+                                                    f"the {g.object_kind} object could not be rasterised",
+                                                    type(exc).__name__)]
+                    result.masks.extend(masks)
+                    result.rejections.extend(rej)
+            elif g.object_kind != "image":
+                result.routed.extend(Rejection(e.sha256, f"non_image_object:{g.object_kind}",
+                                               f"{g.object_kind} object recognised and routed, not converted")
+                                     for e in g.files)
     return result

@@ -59,10 +59,18 @@ def _is_probably_dicom(head: bytes) -> bool:
 
 
 def _parse(data: bytes):
-    """Full pydicom parse from memory; preamble-less data sets as :func:`storage.dicom.scan.read_header`."""
+    """Full parse from memory (:func:`storage.dicom.rawread.dataset_from_bytes`, else ``pydicom.dcmread``).
+
+    Preamble-less data sets are read as :func:`storage.dicom.scan.read_header` reads them.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from storage.dicom.rawread import dataset_from_bytes
+
+    ds = dataset_from_bytes(data)
+    if ds is not None:
+        return ds
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -111,7 +119,7 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
     del data  # the dataset holds what it needs
     if rejection is not None:
         return ReadResult(None, rejection)
-    return _entry(p, ds, digest, size, insp, full=True)
+    return _entry(p, ds, digest, size, insp, full=True, sequences_checked=insp is not None)
 
 
 def _parsed(parse, digest: str, size: int):
@@ -128,16 +136,21 @@ def _parsed(parse, digest: str, size: int):
         return None, Rejection(digest, reason, "pydicom could not read the header", type(exc).__name__, size=size)
 
 
-def _entry(p: pathlib.Path, ds, digest: str, size: int, insp, *, full: bool) -> ReadResult:
-    """The parsed file as an entry, after checking that every top-level value decodes under its VR."""
+def _entry(p: pathlib.Path, ds, digest: str, size: int, insp, *, full: bool,
+           sequences_checked: bool = False) -> ReadResult:
+    """The parsed file as an entry, after checking that every top-level value decodes under its VR.
+
+    ``sequences_checked``: the guard walked every sequence's structure (they are not parsed again here).
+    """
     from storage.dicom.pixels import ensure_transfer_syntax
+    from storage.dicom.rawread import unconvertible_elements
 
     try:
         kind = classify(ds)
         is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
         with _silenced():  # pydicom's value warnings can quote values (and cost time to format)
-            for _elem in ds:  # every top-level value must decode under its VR: a wrong VR/length is a data defect
-                pass
+            # every top-level value must decode under its VR: a wrong VR/length is a data defect
+            unconvertible_elements(ds, sequences_checked=sequences_checked)
         if full:
             ensure_transfer_syntax(ds)
     except Exception as exc:  # noqa: BLE001

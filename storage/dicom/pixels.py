@@ -210,6 +210,9 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
         different number of values than declared: truncated or corrupt data).
     """
     check_pixel_data(ds, max_pixel_bytes=max_pixel_bytes)
+    native = _native_frames(ds)
+    if native is not None:
+        return native
     try:
         arr = ds.pixel_array
     except NotImplementedError as exc:
@@ -250,6 +253,53 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
         arr = correct_unused_bits(arr, bits_stored=_int(ds, "BitsStored", arr.dtype.itemsize * 8),
                                   pixel_representation=_int(ds, "PixelRepresentation", 0))
     return arr
+
+
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _native_frames(ds) -> np.ndarray | None:
+    """Monochrome native little-endian Pixel Data straight from its bytes, as pydicom's ``pixel_array`` reads it.
+
+    Only the plain case (PS3.5 8.1.1: MONOCHROME1/2, one sample, 8/16/32 bits allocated, the
+    value already in memory): ``None`` for anything else, which goes through pydicom.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE_LE or "PixelData" not in ds:
+        return None  # (a missing transfer syntax is pydicom's to refuse)
+    raw = ds.get_item(0x7FE00010)
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes):
+        return None
+    need = {}
+    for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel"):
+        v = ds.get(kw)
+        if not isinstance(v, int):  # absent, multi-valued or odd values: pydicom's validation gives the verdict
+            return None
+        need[kw] = int(v)
+    frames = ds.get("NumberOfFrames")
+    if frames is not None and frames != "":
+        try:
+            frames = int(frames)
+        except (TypeError, ValueError):
+            return None
+        if frames < 1:
+            return None
+    else:
+        frames = 1
+    if str(ds.get("PhotometricInterpretation", "")).strip() not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    rows, cols, bits, rep = need["Rows"], need["Columns"], need["BitsAllocated"], need["PixelRepresentation"]
+    if (need["SamplesPerPixel"] != 1 or bits not in (8, 16, 32) or rep not in (0, 1)
+            or not 1 <= need["BitsStored"] <= bits or not (0 < rows < 2**16 and 0 < cols < 2**16)):
+        return None  # the checks pydicom's decoder makes (pydicom.pixels.common.RunnerBase.validate)
+    count = frames * rows * cols
+    dtype = np.dtype(f"<{'iu'[rep == 0]}{bits // 8}")
+    if len(value) < count * dtype.itemsize:
+        return None  # pydicom decides what a short value means
+    arr = np.frombuffer(value, dtype=dtype, count=count).reshape(frames, rows, cols)
+    arr = arr.astype(arr.dtype.newbyteorder("="), copy=True)  # writeable, native order (as pixel_array)
+    return correct_unused_bits(arr, bits_stored=need["BitsStored"], pixel_representation=rep)
 
 
 def _is_integer(x: float) -> bool:

@@ -72,15 +72,21 @@ def find_referenced_volume(ds, volumes: list[ConvertedVolume]) -> tuple[Converte
     volumes of one series, the one sharing most referenced instances wins.
     """
     spatial = [v for v in volumes if v.kind in ("3d", "4d")]
-    inst = _referenced_instance_uids(ds)
+    inst: set[str] | None = None  # walked only when needed (every contour's image references: costly)
 
     def best(cands: list[ConvertedVolume]) -> ConvertedVolume:
+        nonlocal inst
+        if len(cands) == 1:
+            return cands[0]
+        if inst is None:
+            inst = _referenced_instance_uids(ds)
         return max(cands, key=lambda v: len(inst.intersection(v.instance_uids)))
 
     series = set(_referenced_series_uids(ds))
     cands = [v for v in spatial if v.series_uid and v.series_uid in series]
     if cands:
         return best(cands), "referenced_series"
+    inst = _referenced_instance_uids(ds)
     if inst:
         cands = [v for v in spatial if inst.intersection(v.instance_uids)]
         if cands:

@@ -1,0 +1,406 @@
+"""A pydicom data set from a Part 10 file's bytes in one pass over its top-level elements.
+
+``pydicom.dcmread`` parses every undefined-length sequence eagerly, item by item, and
+a full-conversion pass then decodes every value; on a cohort of CT/PET/MR slices that
+was about half of collection's CPU time. :func:`dataset_from_bytes` builds the same
+:class:`pydicom.dataset.FileDataset` (the same tags, VRs, raw values, value offsets,
+file meta, preamble and original encoding) from one walk over the top-level elements:
+values stay raw and are converted by pydicom when they are first accessed, and an
+undefined-length sequence is kept as its encoded bytes (pydicom's own ``convert_SQ``
+parses it on access, exactly as ``dcmread`` would have at read time).
+
+It handles the layout nearly every archive holds: a 128-byte preamble, ``DICM``, an
+Explicit VR Little Endian File Meta group with its group length, then an Implicit or
+Explicit VR Little Endian data set (native or encapsulated pixel data). Anything else
+(no preamble, deflate, big endian, a data set whose encoding contradicts its transfer
+syntax, an undefined-length element that is neither a sequence nor top-level pixel
+data, any inconsistency at all) returns ``None`` and the caller uses ``dcmread``:
+this module never decides that a file is bad, the guard and pydicom do.
+
+:func:`unconvertible_elements` is the cheap counterpart of "convert every top-level
+value": values whose conversion cannot fail (ASCII text, binary values of a whole
+number of items, well-formed DS/IS strings, sequences whose structure the guard has
+walked) are not converted; every other value is converted by pydicom, so a value that
+cannot be decoded under its VR is found exactly as before.
+
+Standard: PS3.10 7.1 (File Meta Information), PS3.5 7.1 (data elements), 7.5 (nesting
+of data sets), A.4 (encapsulated pixel data).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import struct
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.tag import BaseTag
+
+__all__ = ["dataset_from_bytes", "unconvertible_elements"]
+
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+#: Transfer syntaxes whose data set is not Explicit VR Little Endian (besides implicit LE): left to pydicom.
+_NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_DELIM = 0xFFFEE00D
+_SEQ_DELIM = 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_CHARSET = 0x00080005
+
+_HHL = struct.Struct("<HHL")
+_HH2sH = struct.Struct("<HH2sH")
+_L = struct.Struct("<L")
+
+
+class _Unusual(Exception):
+    """Internal: the bytes are not in the layout this module handles (the caller uses pydicom)."""
+
+
+def _is_vr(vr: bytes) -> bool:
+    return 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
+
+
+#: Every two-capital-letter VR as bytes -> str (what pydicom accepts as an explicit VR without switching).
+_VR_TEXT = {bytes((a, b)): chr(a) + chr(b) for a in range(0x41, 0x5B) for b in range(0x41, 0x5B)}
+
+
+def _skip_items(data: bytes, pos: int, *, implicit: bool, depth: int) -> int:
+    """Offset just past the Sequence Delimitation Item of the undefined-length value starting at ``pos``."""
+    end = len(data)
+    while True:
+        if pos + 8 > end:
+            raise _Unusual
+        group, elem, length = _HHL.unpack_from(data, pos)
+        tag = group << 16 | elem
+        pos += 8
+        if tag == _SEQ_DELIM:
+            return pos
+        if tag != _ITEM:
+            raise _Unusual
+        if length == _UNDEFINED:
+            pos = _skip_dataset(data, pos, implicit=implicit, depth=depth + 1)
+        else:
+            pos += length
+            if pos > end:
+                raise _Unusual
+
+
+def _skip_dataset(data: bytes, pos: int, *, implicit: bool, depth: int) -> int:
+    """Offset just past the Item Delimitation Item of an undefined-length item starting at ``pos``."""
+    if depth > 64:
+        raise _Unusual
+    end = len(data)
+    if not implicit and pos + 6 <= end and not _is_vr(data[pos + 4:pos + 6]):
+        implicit = True  # an item written in implicit VR inside an explicit data set: pydicom reads it so
+    while True:
+        if pos + 8 > end:
+            raise _Unusual
+        if implicit:
+            group, elem, length = _HHL.unpack_from(data, pos)
+            hlen = 8
+        else:
+            group, elem, vr, length = _HH2sH.unpack_from(data, pos)
+            hlen = 8
+            if not _is_vr(vr):  # pydicom's per-element switch (config.assume_implicit_vr_switch)
+                group, elem, length = _HHL.unpack_from(data, pos)
+            elif vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise _Unusual
+                length = _L.unpack_from(data, pos + 8)[0]
+                hlen = 12
+        tag = group << 16 | elem
+        pos += hlen
+        if tag == _ITEM_DELIM:
+            return pos
+        if group == 0xFFFE:
+            raise _Unusual
+        if length == _UNDEFINED:
+            pos = _skip_items(data, pos, implicit=implicit, depth=depth)
+        else:
+            pos += length
+            if pos > end:
+                raise _Unusual
+
+
+def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
+    """The File Meta group (explicit VR little endian, PS3.10 7.1) and the offset after it."""
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
+        raise _Unusual
+    if data[138:140] != b"\x04\x00":
+        raise _Unusual
+    group_length = _L.unpack_from(data, 140)[0]
+    stop = 144 + group_length
+    if stop > len(data):
+        raise _Unusual
+    elements: dict[BaseTag, RawDataElement] = {}
+    pos = 132
+    while pos < stop:
+        if pos + 8 > stop:
+            raise _Unusual
+        group, elem, vr, length = _HH2sH.unpack_from(data, pos)
+        if group != 0x0002 or not _is_vr(vr):
+            raise _Unusual
+        hlen = 8
+        if vr in _LONG_VRS:
+            length = _L.unpack_from(data, pos + 8)[0]
+            hlen = 12
+        value_pos = pos + hlen
+        if length == _UNDEFINED or value_pos + length > stop:
+            raise _Unusual
+        tag = BaseTag(group << 16 | elem)
+        elements[tag] = RawDataElement(tag, vr.decode("ascii"), length, data[value_pos:value_pos + length] if length
+                                       else None, value_pos, False, True)
+        pos = value_pos + length
+    if pos != stop or (pos + 2 <= len(data) and data[pos:pos + 2] == b"\x02\x00"):
+        raise _Unusual  # a group length that does not end the group: pydicom reads on by tag
+    ds = Dataset(elements)
+    ds.set_original_encoding(False, True, "iso8859")
+    meta = FileMetaDataset(ds)
+    meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding="iso8859")
+    return meta, stop
+
+
+@functools.lru_cache(maxsize=64)
+def _empty(vr: str | None):
+    """pydicom's raw empty value for ``vr`` (immutable: bytes or None)."""
+    from pydicom.dataelem import empty_value_for_VR
+
+    return empty_value_for_VR(vr, raw=True)
+
+
+def dataset_from_bytes(data: bytes) -> FileDataset | None:
+    """The :class:`~pydicom.dataset.FileDataset` ``pydicom.dcmread`` would return for ``data``, or None.
+
+    Parameters
+    ----------
+    data : bytes
+        A whole Part 10 file.
+
+    Returns
+    -------
+    FileDataset or None
+        ``None`` when ``data`` is not in the layout this module handles (module docstring);
+        the caller then reads it with pydicom. Values are raw until accessed.
+    """
+    try:
+        return _dataset(data)
+    except (_Unusual, struct.error, UnicodeDecodeError):
+        return None
+
+
+def _undefined(data: bytes, tag: BaseTag, vr: str | None, value_pos: int, implicit: bool,
+               elements: dict[BaseTag, RawDataElement]) -> int:
+    """Record an undefined-length top-level element (pixel data or a sequence); the offset after it."""
+    if tag == _PIXEL_DATA and vr in (None, "OB", "OW"):
+        stop = _skip_items(data, value_pos, implicit=True, depth=0)  # fragments are always item-encoded
+        if data[stop - 4:stop] != b"\x00\x00\x00\x00" or data.find(b"\xfe\xff\xdd\xe0", value_pos) != stop - 8:
+            raise _Unusual  # pydicom ends the value at the first delimiter byte pattern, even inside a fragment
+        elements[tag] = RawDataElement(tag, vr, _UNDEFINED, data[value_pos:stop - 8], value_pos, implicit, True)
+        return stop
+    if vr != "SQ":
+        if vr is not None:
+            raise _Unusual
+        from pydicom.datadict import dictionary_VR
+
+        try:
+            if dictionary_VR(tag) != "SQ":
+                raise _Unusual
+        except KeyError:
+            raise _Unusual from None
+    stop = _skip_items(data, value_pos, implicit=implicit, depth=0)
+    # kept encoded, delimiter included: pydicom's convert_SQ parses it on first access
+    elements[tag] = RawDataElement(tag, "SQ", _UNDEFINED, data[value_pos:stop], value_pos, implicit, True)
+    return stop
+
+
+def _dataset(data: bytes) -> FileDataset:
+    from io import BytesIO
+
+    from pydicom.charset import convert_encodings
+    from pydicom.values import convert_string
+
+    meta, pos = _meta(data)
+    ts_raw = meta.get_item(0x00020010)
+    if ts_raw is None or not ts_raw.value:
+        raise _Unusual
+    ts = ts_raw.value.decode("ascii").strip("\x00 ")
+    if ts in _NOT_EXPLICIT_LE:
+        raise _Unusual
+    implicit = ts == _IMPLICIT_LE
+    end = len(data)
+    if pos + 8 > end:
+        raise _Unusual  # no data set (pydicom then reports implicit VR little endian): let pydicom read it
+    found_implicit = not _is_vr(data[pos + 4:pos + 6])
+    if found_implicit != implicit or data[pos:pos + 2] == b"\x00\x00":
+        raise _Unusual  # pydicom switches encoding here (with a warning), or reads a command set: let it
+    elements: dict[BaseTag, RawDataElement] = {}
+    encoding: str | list[str] = "iso8859"
+    unpack_implicit, unpack_explicit, unpack_long = _HHL.unpack_from, _HH2sH.unpack_from, _L.unpack_from
+    vr_text, long_vrs, raw_element, base_tag = _VR_TEXT, _LONG_VRS, RawDataElement, BaseTag
+    vr = None
+    while pos < end:
+        if pos + 8 > end:
+            raise _Unusual  # pydicom stops silently at a partial header: keep its exact behaviour
+        if implicit:
+            group, elem, length = unpack_implicit(data, pos)
+            value_pos = pos + 8
+        else:
+            group, elem, vrb, length = unpack_explicit(data, pos)
+            vr = vr_text.get(vrb)
+            if vr is None:
+                raise _Unusual
+            if vrb in long_vrs:
+                if pos + 12 > end:
+                    raise _Unusual
+                length = unpack_long(data, pos + 8)[0]
+                value_pos = pos + 12
+            else:
+                value_pos = pos + 8
+        if group == 0xFFFE or group == 0x0002:
+            raise _Unusual  # item tags at the top level, or File Meta elements in the data set
+        itag = group << 16 | elem
+        tag = base_tag(itag)
+        if length == _UNDEFINED:
+            pos = _undefined(data, tag, vr, value_pos, implicit, elements)
+            continue
+        pos = value_pos + length
+        if pos > end:
+            raise _Unusual  # pydicom's EOF handling is subtle (warn, keep a short value): let it decide
+        if length:
+            value = data[value_pos:pos]
+        else:
+            value = _empty(vr)
+        if itag == _CHARSET:
+            encoding = convert_encodings(convert_string(value or b"", True))
+        elements[tag] = raw_element(tag, vr, length, value, value_pos, implicit, True)
+    ds = Dataset(elements)
+    ds.set_original_encoding(implicit, True, encoding)
+    fds = FileDataset(BytesIO(data), ds, data[:128], meta, implicit, True)
+    fds.set_original_encoding(implicit, True, ds._character_set)
+    return fds
+
+
+# --------------------------------------------------------------------------- value check
+
+_KNOWN_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+                        "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+                        "UR", "US", "UT", "UV", "OB or OW", "US or SS", "US or OW", "US or SS or OW"})
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_ITEM_SIZE = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "OF": 4, "OL": 4,
+              "FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8}
+_NUM = rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
+_INT = rb" *[+-]?[0-9]+ *"
+_DS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_NUM, _NUM))
+_IS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_INT, _INT))
+
+
+def _safe(vr: str, raw: RawDataElement, *, sequences_checked: bool) -> bool:
+    """True when pydicom's conversion of ``raw`` under ``vr`` cannot raise (False: convert it to find out)."""
+    if vr not in _KNOWN_VRS:
+        return False  # pydicom raises NotImplementedError for an unknown VR, even on an empty value
+    value = raw.value
+    if not value:
+        return True
+    if vr in _TEXT_VRS:
+        return value.isascii()
+    size = _ITEM_SIZE.get(vr)
+    if size is not None:
+        return len(value) % size == 0
+    if vr == "OB" or vr == "UN":
+        return True
+    if vr == "US or SS":  # pydicom resolves it and converts the value as 2-byte integers
+        return len(value) % 2 == 0
+    if vr == "OB or OW":  # resolved without looking at other elements only in implicit VR (then OW)
+        return raw.is_implicit_VR
+    if vr == "DS":  # a value longer than 16 characters only warns (reading validation mode WARN)
+        return _DS.fullmatch(value) is not None
+    if vr == "IS":
+        return _IS.fullmatch(value) is not None and all(
+            -(2**31) <= int(v) < 2**31 for v in value.split(b"\\") if v.strip())
+    if vr == "SQ":
+        return sequences_checked
+    return False
+
+
+def unconvertible_elements(ds: Dataset, *, sequences_checked: bool) -> None:
+    """Convert every top-level value of ``ds`` whose conversion could fail; raise as pydicom does.
+
+    Equivalent to ``for _ in ds: pass`` (which converts every value) for the question "does
+    some top-level value fail to decode under its VR", at a fraction of the cost.
+
+    Parameters
+    ----------
+    ds : Dataset
+    sequences_checked : bool
+        True when the guard's structural walk (:mod:`storage.dicom.guard.structure`) has
+        checked every sequence's nesting, items and lengths: such a sequence is not parsed here.
+
+    Raises
+    ------
+    Exception
+        Whatever pydicom raises converting the first value that does not decode.
+    """
+    from pydicom.hooks import hooks
+
+    encoding = ds.original_character_set or ds._character_set
+    for tag, elem in list(ds._dict.items()):
+        if not isinstance(elem, RawDataElement):
+            continue
+        vr = elem.VR
+        if vr is None or vr == "UN":
+            data: dict = {}
+            hooks.raw_element_vr(elem, data, encoding=encoding, ds=ds)  # the VR pydicom will convert with
+            vr = data["VR"]
+        if not _safe(vr, elem, sequences_checked=sequences_checked):
+            ds[tag]  # noqa: B018 - converts in place (pydicom), raising when the value does not decode
+
+
+def _decimal_text_ok(value: bytes) -> bool:
+    """A raw DS value (PS3.5 6.2): empty, or backslash-separated finite decimal numbers with space padding."""
+    if _DS.fullmatch(value) is None:
+        return False
+    if b"e" in value or b"E" in value:  # an exponent can overflow to infinity
+        import math
+
+        return all(math.isfinite(float(v)) for v in value.split(b"\\") if v.strip())
+    return True
+
+
+def first_invalid_decimal(ds: Dataset, *, value_ok) -> str | None:
+    """Keyword (or tag) of the first public top-level DS element holding a value that is not a decimal number.
+
+    Raw values are checked on their bytes (no conversion); values pydicom has already
+    converted are checked one by one with ``value_ok`` (the caller's rule for one converted
+    value). pydicom (reading validation mode WARN) keeps an unreadable DS as a plain string
+    instead of raising, so this is the check that tells a damaged number from an absent one.
+    """
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+
+    for tag, elem in ds._dict.items():
+        if tag.group & 1:
+            continue  # private elements: medflow reads no number from them
+        if isinstance(elem, RawDataElement):
+            vr = elem.VR
+            if vr is None or vr == "UN":
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    continue  # private or unknown: never DS by the dictionary
+            if vr != "DS" or not elem.value:
+                continue
+            if not _decimal_text_ok(elem.value):
+                return keyword_for_tag(tag) or str(tag)
+            continue
+        if elem.VR != "DS":
+            continue
+        value = elem.value
+        values = value if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(
+            value, str | bytes) else [value]
+        for v in values:
+            if v is not None and not value_ok(v):
+                return elem.keyword or str(elem.tag)
+    return None
