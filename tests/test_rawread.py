@@ -4,7 +4,6 @@
   nested sequence, file meta, preamble, encoding) on real files of every vendor/form here and on
   seeded damaged mutations of them; where it declines (None) the caller uses ``dcmread``.
 - ``unconvertible_elements`` raises exactly when converting every top-level value raises.
-- ``first_invalid_decimal`` finds a damaged DS value on the raw bytes and on converted values.
 - ``pixels._native_frames`` equals pydicom's ``pixel_array`` path through ``decode_frames``,
   verdicts (reason codes) included.
 """
@@ -21,11 +20,10 @@ import warnings
 
 import numpy as np
 import pydicom
-import pytest
 
 from storage.dicom import pixels
 from storage.dicom.guard.common import _silenced
-from storage.dicom.rawread import dataset_from_bytes, first_invalid_decimal, unconvertible_elements
+from storage.dicom.rawread import dataset_from_bytes, unconvertible_elements
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "fuzz.py"
 
@@ -129,38 +127,6 @@ def test_mutations_parse_and_check_as_pydicom(shared_data):
         assert _described(dataset_from_bytes(data)) == _described(ref)
         compared += 1
     assert compared > 80 and declined > 5 and checks_raising > 0, (compared, declined, checks_raising)
-
-
-def _ds_with(value: bytes, *, explicit: bool) -> bytes:
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = "1.2.3.4"
-    ds.Modality = "CT"
-    ds.SliceThickness = "1.0"
-    ds.ensure_file_meta()
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1" if explicit else "1.2.840.10008.1.2"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    data = buf.getvalue()
-    return data.replace(b"1.0 ", value) if len(value) == 4 else data
-
-
-@pytest.mark.parametrize("explicit", [True, False])
-def test_first_invalid_decimal_on_raw_and_converted_values(explicit):
-    ok = dataset_from_bytes(_ds_with(b"2.5 ", explicit=explicit))
-    bad = dataset_from_bytes(_ds_with(b"2.x ", explicit=explicit))
-    inf = dataset_from_bytes(_ds_with(b"9e99", explicit=explicit))
-    assert ok is not None and bad is not None and inf is not None
-
-    def rule(v) -> bool:
-        return isinstance(v, float) or str(v).strip() == ""
-
-    assert first_invalid_decimal(ok, value_ok=rule) is None
-    assert first_invalid_decimal(bad, value_ok=rule) == "SliceThickness"
-    with _silenced():
-        bad.SliceThickness  # noqa: B018 - converted now: the converted-value path decides
-    assert first_invalid_decimal(bad, value_ok=rule) == "SliceThickness"
-    assert first_invalid_decimal(inf, value_ok=rule) is None  # 9e99 is finite
 
 
 def _decode(ds, *, native: bool):
