@@ -512,6 +512,18 @@ def _series_and_position(path: pathlib.Path):
         return None
 
 
+def _states_plane(path: pathlib.Path) -> bool:
+    """The file holds ImagePositionPatient or ImageOrientationPatient (readable or not)."""
+    import pydicom
+
+    try:
+        with _quiet():
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return 0x00200032 in ds or 0x00200037 in ds
+    except (Exception, RecursionError):  # noqa: BLE001
+        return False
+
+
 def _series_only(path: pathlib.Path) -> str | None:
     import pydicom
 
@@ -522,6 +534,23 @@ def _series_only(path: pathlib.Path) -> str | None:
         return None
 
 
+def _declare_read_encoding(ds) -> None:
+    """A data set read without a Transfer Syntax UID (no or damaged File Meta): declare the encoding pydicom
+    detected and read it with, so ``pixel_array`` can decode native pixel data (pydicom refuses otherwise)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is not None and little is not None:
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
 @functools.lru_cache(maxsize=4096)
 def _decoded(path: pathlib.Path):
     import numpy as np
@@ -530,6 +559,7 @@ def _decoded(path: pathlib.Path):
     try:
         with _quiet():
             ds = pydicom.dcmread(path, force=True)
+            _declare_read_encoding(ds)
             arr = ds.pixel_array.astype(np.float64)
         return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
     except (Exception, RecursionError):  # noqa: BLE001
@@ -608,8 +638,10 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
             index[(keys.series_key(sp[0]), sp[1])].append(rel)
             series_of[rel] = keys.series_key(sp[0])
     converted: set[str] = set()
+    s["slices_matched_by_content"] = 0  # checked by pixels only: their position matched no file's
     clean_keys = set(clean_vols)
     written = {(v["series_key"], v["volume_index"]): v["digest"] for v in fuzz["volumes"]}
+    matched: set[tuple[str, int]] = set()
     for npz in sorted(pathlib.Path(fuzz["_converted"]).glob("*.npz")):
         with np.load(npz) as z:
             series_key = keys.series_key(str(z["series_uid"]))
@@ -617,11 +649,13 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
                 continue
             arr, affine, index_ = z["volume"], z["affine"], int(z["volume_index"])
         key = (series_key, index_)
-        if key not in written:
-            continue  # rejected after conversion (QC: e.g. missing slices): never written, recorded as qc_failed
-        # what the workspace holds is exactly what was converted
-        if written.pop(key) != _digest(arr, affine):
-            s["wrong_conversions"].append(f"workspace volume of {npz.stem} differs from the converted array")
+        # Several units can convert parts of one series (instances disagreeing on PatientID), each numbering its
+        # volumes from v0, so one volume key can name several converted arrays of which at most one is written
+        # (the others: series_patient_conflict, per file). What the workspace holds must be exactly one of the
+        # converted arrays of its key (checked after the loop); an array that is not it was never written.
+        if key not in written or written[key] != _digest(arr, affine):
+            continue  # not written: QC (qc_failed, per series) or another part kept (series_patient_conflict)
+        matched.add(key)
         slices = [arr] if arr.ndim == 2 else list(arr)
         for k, plane in enumerate(slices):
             origin = affine[:3, 3] if arr.ndim == 2 else (affine @ np.array([k, 0, 0, 1.0]))[:3]
@@ -639,11 +673,18 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
                                                                                        atol=1e-3):
                         converted.add(rel)
                         ok = True
+                        s["slices_matched_by_content"] += 1
+                        if arr.ndim == 2 and _states_plane(batch / rel):
+                            # a 2-D image takes its position from its one file: not there although the file states
+                            # a plane = a position/orientation invented for an unreadable one (fuzz seed 7: an
+                            # ImagePositionPatient of "-798.3t..." or with VR US/AT became a 2-D image at the origin)
+                            s["wrong_conversions"].append(f"converted volume {npz.stem} (series {series_key[:12]}): "
+                                                          "a 2-D image not at the plane its file states")
                         break
             if not ok:
                 s["wrong_conversions"].append(f"converted volume {npz.stem} (series {series_key[:12]}) slice {k}")
-    s["wrong_conversions"] += [f"workspace volume {k[0][:12]}#{k[1]} without a converted source"
-                               for k in written if k not in clean_keys]
+    s["wrong_conversions"] += [f"workspace volume {k[0][:12]}#{k[1]} differs from every converted array of its key"
+                               for k in written if k not in clean_keys and k not in matched]
     # 4. every damaged-series file converted or quarantined/routed
     for rel, sha in before.items():
         if rel.startswith(valid_prefix):

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import pathlib
 import random
+import shutil
 import sys
 
 import pytest
@@ -184,6 +185,34 @@ def test_regression_damaged_slice_thickness_is_quarantined_not_defaulted(fuzz, s
     assert "SliceThickness" in summary.rejections[0]["detail"]
 
 
+def test_regression_oracle_decodes_a_file_without_transfer_syntax(fuzz, shared_data, tmp_path):
+    """Seed 7, series035/0038.dcm also had its first File Meta tag damaged (0002,0000 -> 0000,0000): pydicom
+    then reads the data set with no Transfer Syntax UID (it detects the encoding) and its ``pixel_array``
+    refuses to decode, so the harness's oracle had no reference and called medflow's correct pixels a wrong
+    conversion. The oracle now declares the encoding pydicom read the data set with. That one flip alone:
+    medflow converts the slice, and the oracle's decode equals it and the donor's pixels."""
+    import numpy as np
+    import pydicom
+
+    rel, _flips = _SEED7_0038
+    donor = _cohort(shared_data) / rel
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "0038.dcm"
+    path.write_bytes(_flipped(donor, {132: 0x02}))
+    want = fuzz._decoded(path)
+    assert want is not None
+    ref = pydicom.dcmread(donor)
+    assert "RescaleSlope" not in ref and np.array_equal(want, ref.pixel_array)
+    summary = _collect(fuzz, src, tmp_path)
+    assert summary.rejections == []
+    (vol,) = summary.volumes
+    from storage.volumes import read_numpy
+
+    arr, _attrs = read_numpy(tmp_path / "out" / vol.rel)
+    assert np.array_equal(arr[0], want)
+
+
 def _split_series_source(donor_dir, dest, *, n: int, gap: bool, other_patient: str) -> tuple[str, list[str]]:
     """``n`` slices of a donor series (the middle one left out when ``gap``), the last with another PatientID.
     Returns the relative name of that file and of the others."""
@@ -220,6 +249,36 @@ def test_regression_split_series_owner_counts_qc_rejected_part(fuzz, shared_data
     conflict = next(r for r in summary.rejections if r["reason"] == "series_patient_conflict")
     assert conflict["sha256"] == hashlib.sha256((src / other).read_bytes()).hexdigest()
     assert (tmp_path / "ws" / "quarantine" / f"{conflict['sha256']}.json").is_file()
+
+
+def test_regression_oracle_matches_written_volume_not_first_of_its_key(fuzz, shared_data, tmp_path):
+    """Seed 7, "workspace volume of 00016 differs from the converted array": two units converted parts of one
+    series, both numbered v0; the oracle compared the workspace volume with the *first* converted array of
+    that key (the dropped part, series_patient_conflict), called it a wrong conversion, then skipped the
+    array that was written (so its files were "lost"). Here the dropped 1-slice part's unit is converted
+    first (units go by their smallest file digest); the oracle must find the written 9-slice part."""
+    from storage.dicom.units import partition
+
+    donor = _cohort(shared_data) / "STS_026" / "CT" / "image"
+    for k in range(200):  # a PatientID whose file digest puts the 1-slice unit first (deterministic search)
+        batch = tmp_path / f"batch{k}"
+        other, names = _split_series_source(donor, batch / "series001", n=10, gap=False, other_patient=f"X{k}")
+        units, _ = partition(sorted(batch.rglob("*.dcm")))
+        if [p.name for p, _sha in units[0]] == [other]:
+            break
+        shutil.rmtree(batch)
+    else:
+        pytest.fail("no PatientID puts the 1-slice unit first")
+    before = fuzz.snapshot(batch)
+    run = fuzz.run_child(batch, tmp_path / "ws-fuzz", probe=[], timeout_s=600)
+    assert run["exit_code"] == 0, run["stderr_tail"]
+    run["_converted"] = str(tmp_path / "ws-fuzz.converted")
+    assert len(list((tmp_path / "ws-fuzz.converted").glob("*.npz"))) == 2  # both parts were converted
+    plan = {"mutations": [{"file": f"series001/{other}", "kind": "bitflip_header"}]}
+    s = fuzz.check(plan, {"volumes": [], "masks": []}, run, batch, before)
+    assert s["wrong_conversions"] == [] and s["lost_files"] == []
+    assert s["damaged_series_files_converted"] == len(names)  # the written part, checked slice by slice
+    assert s["quarantined_by_reason"] == {"series_patient_conflict": 1}
 
 
 @pytest.mark.parametrize(("rel", "keyword", "vr"), [
@@ -266,3 +325,40 @@ def test_half_a_plane_is_missing_geometry_not_2d(fuzz, shared_data, tmp_path):
     summary = _collect(fuzz, src, tmp_path)
     assert [(v.meta["kind"], v.meta["shape"][0]) for v in summary.volumes] == [("3d", len(files) - 1)]
     assert [r["reason"] for r in summary.rejections] == ["missing_geometry"]
+
+
+@pytest.mark.parametrize("at_its_plane", [True, False])
+def test_oracle_checks_where_a_2d_image_is(fuzz, shared_data, tmp_path, at_its_plane):
+    """The oracle matched a slice it could not place by pixels alone, so a CT slice converted as a 2-D image at
+    an invented position (the origin) passed as correct (seed 7: 9 such volumes before these fixes, 3 after the
+    DS check). A 2-D volume must now sit at the plane its file states, when it states one."""
+    import numpy as np
+    import pydicom
+
+    from storage.pseudonym import PseudonymKeys
+
+    donor = _cohort(shared_data) / "STS_026" / "CT" / "image" / "000024.dcm"
+    batch = tmp_path / "batch"
+    (batch / "series001").mkdir(parents=True)
+    shutil.copyfile(donor, batch / "series001" / "0000.dcm")
+    ds = pydicom.dcmread(donor)
+    plane = fuzz._decoded(batch / "series001" / "0000.dcm")
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([1.0, float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])])[[2, 1, 0]]
+    affine[:3, 3] = [float(x) for x in ds.ImagePositionPatient] if at_its_plane else 0.0
+    converted = tmp_path / "ws-fuzz.converted"
+    converted.mkdir()
+    np.savez(converted / "00000.npz", volume=plane, affine=affine, series_uid=np.array(str(ds.SeriesInstanceUID)),
+             volume_index=np.array(0))
+    series_key = PseudonymKeys(fuzz.FUZZ_SECRET).series_key(str(ds.SeriesInstanceUID))
+    run = {"hung": False, "exit_code": 0, "peak_rss_bytes": 0, "seconds": 0.0, "probe_seconds": {}, "n_files": 1,
+           "volumes": [{"series_key": series_key, "volume_index": 0, "digest": fuzz._digest(plane, affine)}],
+           "masks": [], "rejections": [], "routed": [], "_converted": str(converted)}
+    plan = {"mutations": [{"file": "series001/0000.dcm", "kind": "bitflip_header"}]}
+    s = fuzz.check(plan, {"volumes": [], "masks": []}, run, batch, fuzz.snapshot(batch))
+    assert s["lost_files"] == [] and s["damaged_series_files_converted"] == 1
+    if at_its_plane:
+        assert s["wrong_conversions"] == [] and s["slices_matched_by_content"] == 0
+    else:
+        assert s["wrong_conversions"] == ["converted volume 00000 (series " + series_key[:12] + "): "
+                                          "a 2-D image not at the plane its file states"]
