@@ -13,7 +13,7 @@ import importlib.metadata
 import platform
 
 STAGE_VERSIONS: dict[str, str] = {
-    "collection": "4",
+    "collection": "5",
     "preprocessing": "3",
     "processing": "4",
     "analysis": "2",
