@@ -141,18 +141,19 @@ def _register(ws: Workspace, config: PipelineConfig, coll: Any, outputs: dict[st
 
     from storage.catalog import Catalog
 
-    cat = Catalog.for_workspace(ws.root, config.catalog_url)
-    for v in coll.volumes:
-        cat.register_volume(v)
-    for m in coll.masks:
-        cat.register_mask(m)
     summary = json.loads(ws.resolve(coll.summary).read_text())
-    for f in summary.get("qc", []):
-        cat.register_qc(f["series_key"], [f], volume_index=int(str(f.get("volume_key", "v0")).rsplit("v", 1)[-1] or 0))
-    cat.register_quarantine(summary.get("rejections", []))
-    for stage, refs in outputs.items():
-        for r in refs:
-            cat.register_artifact(r, stage=stage)
+    with Catalog.for_workspace(ws.root, config.catalog_url) as cat:  # closed: no pooled connection outlives the run
+        for v in coll.volumes:
+            cat.register_volume(v)
+        for m in coll.masks:
+            cat.register_mask(m)
+        for f in summary.get("qc", []):
+            cat.register_qc(f["series_key"], [f],
+                            volume_index=int(str(f.get("volume_key", "v0")).rsplit("v", 1)[-1] or 0))
+        cat.register_quarantine(summary.get("rejections", []))
+        for stage, refs in outputs.items():
+            for r in refs:
+                cat.register_artifact(r, stage=stage)
 
 
 def _publish(summary: dict[str, Any], features_uri: str, report_uri: str) -> None:

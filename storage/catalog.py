@@ -94,7 +94,13 @@ def default_url(workspace: str | pathlib.Path) -> str:
 
 
 class Catalog:
-    """Idempotent writer/reader of the catalog tables."""
+    """Idempotent writer/reader of the catalog tables.
+
+    A catalog owns an SQLAlchemy engine and its connection pool: close it (:meth:`close`, or use it as a
+    context manager) when done. An engine left to the garbage collector keeps its pooled connection --
+    an open file descriptor on ``catalog.sqlite``, or a PostgreSQL session -- until a full cyclic
+    collection, which in a long-lived process (the soak, ``medflow serve``) can be many runs later.
+    """
 
     def __init__(self, url: str):
         self.engine = create_engine(url, future=True)
@@ -108,6 +114,16 @@ class Catalog:
     @classmethod
     def for_workspace(cls, workspace: str | pathlib.Path, url: str | None = None) -> Catalog:
         return cls(url or default_url(workspace))
+
+    def close(self) -> None:
+        """Close the pooled connections (idempotent; the catalog can still be used: it reconnects)."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def upsert(self, rows: list[Base]) -> None:
         with Session(self.engine) as session, session.begin():

@@ -41,7 +41,9 @@ def export_nifti(workspace: str | pathlib.Path, out: str | pathlib.Path, *, cata
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for v in Catalog.for_workspace(ws.root, catalog_url).volumes():
+    with Catalog.for_workspace(ws.root, catalog_url) as cat:
+        stored = cat.volumes()
+    for v in stored:
         arr, attrs = read_numpy(ws.root / v.uri)
         kind = v.kind
         data = to_nifti_layout(arr, kind)

@@ -32,8 +32,8 @@ def case_base(workspace: str, catalog_url: str | None = None) -> dict[str, Any]:
     from storage.workspace import Workspace
 
     ws = Workspace(workspace)
-    cat = Catalog.for_workspace(ws.root, catalog_url)
-    rows = cat.case_base_rows()
+    with Catalog.for_workspace(ws.root, catalog_url) as cat:
+        rows = cat.case_base_rows()
     volumes = [ArtifactRef(kind="volume", uri=r["uri"], digest=r["digest"], meta=r["meta"]) for r in rows["volumes"]]
     masks = [ArtifactRef(kind="mask", uri=r["uri"], digest=r["digest"], meta=r["meta"]) for r in rows["masks"]]
     newest: dict[str, tuple[int, ArtifactRef]] = {}

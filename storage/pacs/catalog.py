@@ -37,19 +37,18 @@ def _catalog(workspace: pathlib.Path, url: str | None) -> Catalog:
 
 def record_pull(workspace: str | pathlib.Path, report: Any, *, url: str | None = None) -> None:
     """Upsert one row per study of ``report`` (a :class:`storage.pacs.pull.PullReport`)."""
-    cat = _catalog(pathlib.Path(workspace), url)
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    cat.upsert([PacsTransfer(id=f"{report.pull_key}:{s.study_key}", pull_key=report.pull_key, study_key=s.study_key,
-                             protocol=report.protocol, complete=s.complete, n_series=s.n_series,
-                             n_expected=s.n_expected, n_held=s.n_held, n_missing=s.n_missing, missing=s.missing,
-                             updated=now) for s in report.studies])
+    with _catalog(pathlib.Path(workspace), url) as cat:
+        cat.upsert([PacsTransfer(id=f"{report.pull_key}:{s.study_key}", pull_key=report.pull_key, study_key=s.study_key,
+                                 protocol=report.protocol, complete=s.complete, n_series=s.n_series,
+                                 n_expected=s.n_expected, n_held=s.n_held, n_missing=s.n_missing,
+                                 missing=s.missing, updated=now) for s in report.studies])
 
 
 def transfers(workspace: str | pathlib.Path, *, url: str | None = None,
               pull_key: str | None = None) -> list[dict[str, Any]]:
     """The recorded transfers (optionally of one pull) as dicts."""
-    cat = _catalog(pathlib.Path(workspace), url)
-    with Session(cat.engine) as session:
+    with _catalog(pathlib.Path(workspace), url) as cat, Session(cat.engine) as session:
         stmt = select(PacsTransfer)
         if pull_key:
             stmt = stmt.where(PacsTransfer.pull_key == pull_key)
