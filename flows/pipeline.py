@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from medflow.config import PipelineConfig
 from storage.lease import study_lease
 from storage.workspace import Workspace, write_text_atomic
-from tasks.chain import local_plan, volume_chain
+from tasks.chain import cached_chain, local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
 from tasks.discovery import casebase_fingerprint, discover
@@ -63,13 +63,17 @@ class _Runner:
             PROGRESS_HOOK(task.name, state.name)
         return state.result()
 
-    def add_steps(self, steps: list[dict[str, Any]], *, span: tuple[float, float] | None = None) -> None:
-        """Record the content-keyed steps run inside one task (a volume chain) and when it ran (epoch s)."""
-        self.prefect_tasks += 1
-        if span is not None:
+    def add_steps(self, steps: list[dict[str, Any]], *, span: tuple[float, float] | None = None,
+                  task_run: bool = True) -> None:
+        """Record the content-keyed steps of one volume chain and when it ran (epoch s).
+
+        ``task_run=False``: every step was a cache hit found by the flow itself (no task run was made).
+        """
+        self.prefect_tasks += int(task_run)
+        if span is not None and task_run:
             self.chains.append(span)
         for s in steps:
-            self.tally.append({**s, "inside": "volume-chain"})
+            self.tally.append({**s, "inside": "volume-chain" if task_run else "flow (cached chain)"})
             if PROGRESS_HOOK is not None:
                 PROGRESS_HOOK(s["task"], s["state"])
 
@@ -203,17 +207,22 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
         volumes.append(vol)
     pre_out, proc_out, feat_out = [], [], []
     runner, compute = _volume_runner(config, len(volumes))
-    with _api_for_workers(bool(config.compute.dask_scheduler_address)), runner:
-        futures = [runner.submit(volume_chain, parameters={
-            "workspace": workspace, "volume": vol, "masks": masks_by_volume.get(vol.meta["volume_key"], []),
-            "preprocessing": config.preprocessing, "processing": config.processing, "analysis": config.analysis,
-            "compute": compute}) for vol in volumes]
-        for fut in futures:  # collected in submission order: the same outputs whatever finished first
-            out = fut.result()
-            run.add_steps(out.steps, span=(out.started, out.finished))
-            pre_out.append(out.pre)
-            proc_out.append(out.proc)
-            feat_out.append(out.feats)
+    params = [{"workspace": workspace, "volume": vol, "masks": masks_by_volume.get(vol.meta["volume_key"], []),
+               "preprocessing": config.preprocessing, "processing": config.processing, "analysis": config.analysis,
+               "compute": compute} for vol in volumes]
+    # a volume whose every step is a cache hit costs a few record reads here, not a task run
+    outputs: list[Any] = [cached_chain(**p) for p in params]
+    todo = [i for i, out in enumerate(outputs) if out is None]
+    if todo:
+        with _api_for_workers(bool(config.compute.dask_scheduler_address)), runner:
+            futures = {i: runner.submit(volume_chain, parameters=params[i]) for i in todo}
+            for i in todo:  # collected in submission order: the same outputs whatever finished first
+                outputs[i] = futures[i].result()
+    for i, out in enumerate(outputs):
+        run.add_steps(out.steps, span=(out.started, out.finished), task_run=i in todo)
+        pre_out.append(out.pre)
+        proc_out.append(out.proc)
+        feat_out.append(out.feats)
 
     fusions = []
     if config.fusion.enabled:

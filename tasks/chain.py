@@ -99,20 +99,50 @@ def volume_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], 
     ChainOutput
         The three steps' outputs and a per-step tally.
     """
+    out = run_chain(workspace, volume, masks, preprocessing, processing, analysis, compute)
+    if out is None:  # pragma: no cover - compute_on_miss=True never stops early
+        raise RuntimeError("volume chain stopped without outputs")
+    return out
+
+
+def cached_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], preprocessing: PreprocessingConfig,
+                 processing: ProcessingConfig, analysis: AnalysisConfig, compute: ComputeConfig) -> ChainOutput | None:
+    """The chain's outputs when every step is a cache hit (no task run, nothing computed), else None.
+
+    The flow asks this first: a fully cached volume costs a few milliseconds of record reads
+    instead of a Prefect task run; any miss (a changed parameter, a damaged artifact) submits
+    :func:`volume_chain`, which reruns exactly the steps whose keys changed.
+    """
+    return run_chain(workspace, volume, masks, preprocessing, processing, analysis, compute, compute_on_miss=False)
+
+
+def run_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], preprocessing: PreprocessingConfig,
+              processing: ProcessingConfig, analysis: AnalysisConfig, compute: ComputeConfig, *,
+              compute_on_miss: bool = True) -> ChainOutput | None:
+    """Body of :func:`volume_chain`; with ``compute_on_miss=False`` it stops (None) at the first miss."""
     started = time.time()
     steps: list[dict[str, Any]] = []
 
+    class _Miss(Exception):
+        pass
+
     def step(fn: Any, output: type, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
-        out, state = cached_step(fn, workspace, output, **kwargs)
+        out, state = cached_step(fn, workspace, output, compute_on_miss=compute_on_miss, **kwargs)
+        if out is None:
+            raise _Miss
         steps.append({"task": fn.name, "state": state, "seconds": round(time.perf_counter() - t0, 3)})
         return out  # the step's arrays are freed by reference counting here (no gc.collect: it cost seconds)
 
-    pre = step(preprocess, PreprocessOutput, volume=volume, masks=masks, params=preprocessing, compute=compute)
-    proc = None
-    if not masks or processing.segment_when_reference_exists or processing.filters:
-        proc = step(segment, ProcessOutput, volume=pre.volume, reference_masks=pre.masks, params=processing, compute=compute)
-    rois = list(pre.masks) + (list(proc.auto_masks) if proc and analysis.include_auto_masks else [])
-    feats = step(features_task, AnalysisOutput, volume=pre.volume, masks=rois, params=analysis,
-                 responses=list(proc.responses) if proc else [])
+    try:
+        pre = step(preprocess, PreprocessOutput, volume=volume, masks=masks, params=preprocessing, compute=compute)
+        proc = None
+        if not masks or processing.segment_when_reference_exists or processing.filters:
+            proc = step(segment, ProcessOutput, volume=pre.volume, reference_masks=pre.masks, params=processing,
+                        compute=compute)
+        rois = list(pre.masks) + (list(proc.auto_masks) if proc and analysis.include_auto_masks else [])
+        feats = step(features_task, AnalysisOutput, volume=pre.volume, masks=rois, params=analysis,
+                     responses=list(proc.responses) if proc else [])
+    except _Miss:
+        return None
     return ChainOutput(pre=pre, proc=proc, feats=feats, steps=steps, started=started, finished=time.time())

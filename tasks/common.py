@@ -179,7 +179,8 @@ def record_path(ws: Workspace, stage: str, key: str):
     return folder.with_name(folder.name + RECORD_SUFFIX)
 
 
-def cached_step(stage_fn: Any, workspace: str, output: type, **kwargs: Any) -> tuple[Any, str]:
+def cached_step(stage_fn: Any, workspace: str, output: type, *, compute_on_miss: bool = True,
+                **kwargs: Any) -> tuple[Any, str]:
     """Run one stage function as a content-keyed step, without a Prefect task run of its own.
 
     ``stage_fn`` is a task made by :func:`stage_task` returning an ``output`` model; its key is the same
@@ -189,10 +190,12 @@ def cached_step(stage_fn: Any, workspace: str, output: type, **kwargs: Any) -> t
     recorded output is returned without touching any array (milliseconds). Otherwise the
     function body runs and its output record is written atomically.
 
+    ``compute_on_miss=False`` only looks: a miss returns ``(None, "Miss")`` without running anything.
+
     Returns
     -------
     (output, state)
-        The stage's output model and ``"Cached"`` or ``"Completed"``.
+        The stage's output model and ``"Cached"`` or ``"Completed"`` (or ``(None, "Miss")``).
     """
     from storage.workspace import write_text_atomic
 
@@ -209,6 +212,8 @@ def cached_step(stage_fn: Any, workspace: str, output: type, **kwargs: Any) -> t
             out = None
         if out is not None and all(ref_intact(ws, r) for r in iter_refs(out)):
             return out, "Cached"
+    if not compute_on_miss:
+        return None, "Miss"
     out = stage_fn.fn(workspace, **kwargs)
     write_text_atomic(record, canonical_json({"stage": policy.stage, "task": stage_fn.name, "cache_key": key,
                                               "output": out.model_dump(mode="json")}))

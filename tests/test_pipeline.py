@@ -93,6 +93,7 @@ def test_rerun_is_all_cache_hits_and_fast(first):
     s, seconds = _run(first["src"], first["ws"])
     assert s["tasks"]["ran"] == 0, s["tasks"]["detail"]
     assert s["tasks"]["cached"] == first["summary"]["tasks"]["tasks"]
+    assert s["tasks"]["prefect_tasks"] == 3  # collect, discover, report: fully cached chains need no task run
     assert seconds < max(0.10 * first["seconds"], 15.0), (seconds, first["seconds"])
 
 
