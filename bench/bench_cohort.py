@@ -356,7 +356,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     # a cache unit is what a rerun skips: a step of a volume chain (checked by the flow itself when the whole
     # chain is cached) or a stage task (collect, discover, report); the whole flow wall time is charged to them
     ms = round(1000 * wall / units, 2) if wall and units else None
-    add("<= 10 ms per task (cache unit) on a fully cached rerun", ms, 10.0, False,
+    add("<= 10 ms per task on a fully cached rerun, per cache unit", ms, 10.0, False,
         f"flow wall {wall} s / {units} cache units ({cached.get('cli_cached')} cached; "
         f"{cached.get('flow', {}).get('tasks')} Prefect task runs, "
         f"{cached.get('flow', {}).get('flow_wall_per_task_ms')} ms of flow wall each); "
