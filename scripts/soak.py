@@ -7,27 +7,51 @@
   ``../shared/data/sts_cohort`` (``--patients`` patients per run) in which about 10% of the
   files are replaced by damaged variants (the mutators of ``scripts/fuzz.py``, seeded by the
   run number), into a fresh workspace that is deleted afterwards;
-* every ``--pipeline-every``-th run, the full ``medflow-pipeline`` flow on one cohort patient
-  (``--workers`` is ``compute.concurrent_volumes`` and ``compute.dask_threads``).
+* one run in every ``--pipeline-every`` (runs 1, 1+N, 1+2N, ...), the full ``medflow-pipeline``
+  flow on one cohort patient (``--workers`` is ``compute.concurrent_volumes`` and
+  ``compute.dask_threads``).
 
-After each run it samples the RSS of this process and all its children (guard workers,
-Prefect's server), the number of open file descriptors (``/proc/self/fd``), the entries in
-``tempfile.gettempdir()`` and leftovers in the workspace (``.tmp`` entries, ``.staging-``
-folders, ``.tmp-`` files). Pass criteria:
+After each run it samples the RSS of this process and all its children (guard workers, the
+forkserver, Prefect's server), the number of open file descriptors of this process
+(``/proc/self/fd``; the targets of any fd beyond the baseline are recorded), the entries in the
+temporary folder and leftovers in the workspace (``.tmp`` entries, ``.staging-`` folders,
+``.tmp-`` files). The temporary folder is a private one (``DIR/tmp``, exported as ``TMPDIR`` to
+this process and every child), so that other users of the machine's ``/tmp`` do not move the count.
 
-* RSS flat after warm-up: the median RSS of the last quarter of the post-warm-up samples is
-  within 10% of the median of the first quarter (warm-up = the first 3 runs);
-* open fds and temporary-folder entries back to their post-warm-up baseline after every run,
-  and no staging leftovers in any workspace;
+Warm-up: the first 3 runs, and at least through the first run of each kind (ingest, pipeline).
+Some process-wide resources are created once, on first use, and kept for the process's life;
+they are not leaks and must be in place before the baseline is taken. Measured (in-process
+Prefect 3.9, ephemeral API), after the first run of each kind the fd count stays constant:
+
+* the first ingest of several patients starts the ``forkserver`` of the collection's process
+  pool (2 pipes, and its child processes);
+* the first pipeline run adds 2 keep-alive HTTP connections of Prefect's per-tag-set
+  concurrency-slot services (singleton threads, one per task tag set: ``stage:discovery``,
+  ``stage:report``) and 2 font files that matplotlib's font cache keeps open (the report's plots).
+
+Pass criteria (checked on the runs after warm-up):
+
+* RSS flat: the median RSS of the last quarter of the post-warm-up samples is within 10% of the
+  median of the first quarter;
+* open fds and temporary-folder entries back to the baseline (their value after the last
+  warm-up run) after every run, and no staging leftovers in any workspace;
 * throughput (files ingested per second of ingest) in the last 5 minutes >= 0.9x the first 5
-  (windows of a third of the run when it is shorter than 15 minutes).
+  (windows of a third of the run when it is shorter than 15 minutes);
+* every run completed.
 
-Writes ``DIR/soak.json`` (every sample) and prints a summary; exits non-zero on failure.
+Wall-time throughput is coarse on a shared machine: Prefect's engine rounds each in-process flow
+run up to about the next whole second (an empty flow takes 1.1 s, a 1.2 s one 2.1 s) and other
+users' load stretches it. Files per CPU second of the process tree and the load average of each
+window are reported beside it (not criteria), to tell a slower medflow from a busier machine.
+
+Prints one PASS/FAIL line per criterion, writes ``DIR/soak-summary.json`` (the figures and
+checks) and ``DIR/soak.json`` (the same plus every sample); exits non-zero on failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -50,21 +74,48 @@ DAMAGED_FRACTION = 0.10
 SOAK_KINDS = {k: w for k, w in fuzz.KINDS.items() if k != "deflate_bomb"}  # bombs: covered by the fuzz run
 
 
-def rss_tree() -> int:
+def cpu_tree() -> float:
+    """CPU seconds used so far by this process, its live children and the children they reaped (workers)."""
     import psutil
 
     me = psutil.Process()
-    total = me.memory_info().rss
-    for c in me.children(recursive=True):
+    total = 0.0
+    for p in (me, *me.children(recursive=True)):
         try:
-            total += c.memory_info().rss
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
         except psutil.Error:
             pass
     return total
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def rss_tree() -> tuple[int, int]:
+    """RSS of this process and of all its children (bytes): (this process, children)."""
+    import psutil
+
+    me = psutil.Process()
+    children = 0
+    for c in me.children(recursive=True):
+        try:
+            children += c.memory_info().rss
+        except psutil.Error:
+            pass
+    return me.memory_info().rss, children
+
+
+def fd_targets() -> dict[int, str]:
+    """This process's open file descriptors and what each points at (file, ``socket:[...]``, ``pipe:[...]``)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the fd listdir itself used, or closed meanwhile
+            pass
+    return out
+
+
+def fd_kind(target: str) -> str:
+    return target.split(":", 1)[0] if not target.startswith("/") else "file"
 
 
 def temp_entries() -> int:
@@ -118,7 +169,8 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
     samples: list[dict[str, Any]] = []
     run = 0
     while time.monotonic() < deadline:
-        kind = "pipeline" if pipeline_every and run % pipeline_every == pipeline_every - 1 else "ingest"
+        # run 1 is the first pipeline run: the warm-up (runs 0-2) holds one run of each kind
+        kind = "pipeline" if pipeline_every and run % pipeline_every == 1 % pipeline_every else "ingest"
         chosen = [cohort[(run * patients_per_run + i) % len(cohort)] for i in range(patients_per_run)]
         if kind == "pipeline":
             chosen = chosen[:1]
@@ -126,58 +178,100 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
         n_files, n_bad = make_source(src, chosen, seed=run)
         cfg = PipelineConfig(source=str(src), workspace=str(ws),
                              compute=ComputeConfig(concurrent_volumes=workers, dask_threads=workers))
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cpu_tree()
         error = None
         try:
             summary = (pipeline if kind == "pipeline" else ingest)(cfg)
         except Exception as exc:  # noqa: BLE001 - a failed run is a finding: recorded, the soak goes on
             summary, error = {}, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        seconds = time.monotonic() - t0
+        seconds, cpu_s = time.monotonic() - t0, cpu_tree() - cpu0
         left = leftovers(ws)
         shutil.rmtree(ws)
         shutil.rmtree(src)
+        fds = fd_targets()  # no gc.collect() first: a resource that only the cyclic GC releases counts as held
+        rss_self, rss_children = rss_tree()
         samples.append({"run": run, "kind": kind, "t": round(time.monotonic() - t_start, 1), "files": n_files,
-                        "damaged": n_bad, "seconds": round(seconds, 2), "volumes": summary.get("volumes"),
-                        "quarantined": summary.get("quarantined"), "rss_bytes": rss_tree(), "fds": open_fds(),
+                        "damaged": n_bad, "seconds": round(seconds, 2),
+                        "cpu_seconds": round(cpu_s, 2), "loadavg_1min": round(os.getloadavg()[0], 2), "volumes": summary.get("volumes"),
+                        "quarantined": summary.get("quarantined"), "rss_bytes": rss_self + rss_children,
+                        "rss_self_bytes": rss_self, "rss_children_bytes": rss_children, "fds": len(fds),
+                        "fd_kinds": dict(sorted(collections.Counter(map(fd_kind, fds.values())).items())),
+                        "fd_targets": {str(k): v for k, v in sorted(fds.items())},
                         "temp_entries": temp_entries(), "leftovers": left, "error": error})
         s = samples[-1]
         print(f"soak run {run:3d} {kind:8s} t={s['t']:7.1f}s files={n_files:4d} damaged={n_bad:3d} "
-              f"{seconds:6.1f}s rss={s['rss_bytes'] / 2**20:7.1f} MiB fds={s['fds']} tmp={s['temp_entries']}"
+              f"{seconds:6.1f}s rss={s['rss_bytes'] / 2**20:7.1f} MiB ({rss_self / 2**20:.0f}+{rss_children / 2**20:.0f})"
+              f" fds={s['fds']} tmp={s['temp_entries']}"
               f"{' LEFTOVERS ' + str(left[:3]) if left else ''}{' FAILED ' + error if error else ''}", flush=True)
         run += 1
     return evaluate(samples, minutes=minutes)
 
 
+def warmup_runs(samples: list[dict[str, Any]], minimum: int = 3) -> int:
+    """Runs in the warm-up: at least ``minimum``, and through the first run of each kind (see the module doc)."""
+    firsts = {}
+    for i, s in enumerate(samples):
+        firsts.setdefault(s["kind"], i)
+    return max([minimum, *(i + 1 for i in firsts.values())])
+
+
 def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) -> dict[str, Any]:
-    res: dict[str, Any] = {"runs": len(samples), "samples": samples}
+    res: dict[str, Any] = {"runs": len(samples),
+                           "runs_by_kind": dict(collections.Counter(s["kind"] for s in samples)),
+                           "samples": samples}
+    warmup = warmup_runs(samples, warmup)
+    res["warmup_runs"] = warmup
+    res["failed_runs"] = [f"run {s['run']} ({s['kind']}): {s['error']}" for s in samples if s.get("error")]
     post = samples[warmup:]
     if len(post) < 4:
-        res.update(ok=False, reason=f"too few runs after warm-up ({len(post)}); run longer")
+        res.update(ok=False, checks={}, reason=f"too few runs after warm-up ({len(post)}); run longer")
         return res
     q = max(1, len(post) // 4)
     first, last = statistics.median(s["rss_bytes"] for s in post[:q]), statistics.median(s["rss_bytes"] for s in post[-q:])
     res["rss_first_quarter_mib"], res["rss_last_quarter_mib"] = round(first / 2**20, 1), round(last / 2**20, 1)
     res["rss_ratio"] = round(last / first, 3)
+    for part in ("self", "children"):  # where a growth is: this process, or the forkserver/Prefect's server
+        key = f"rss_{part}_bytes"
+        res[f"rss_{part}_first_last_quarter_mib"] = [
+            round(statistics.median(s.get(key, 0) for s in sel) / 2**20, 1) for sel in (post[:q], post[-q:])]
     res["rss_min_max_mib"] = [round(min(s["rss_bytes"] for s in post) / 2**20, 1),
                               round(max(s["rss_bytes"] for s in post) / 2**20, 1)]
-    base_fds, base_tmp = post[0]["fds"], post[0]["temp_entries"]
-    res["fds_baseline"], res["fds_max_after_run"] = base_fds, max(s["fds"] for s in post)
-    res["temp_baseline"], res["temp_max_after_run"] = base_tmp, max(s["temp_entries"] for s in post)
+    base = samples[warmup - 1]  # the state after warm-up
+    base_fds, base_tmp = base["fds"], base["temp_entries"]
+    res["fds_during_warmup"] = [s["fds"] for s in samples[:warmup]]
+    res["fds_baseline"], res["fds_baseline_kinds"] = base_fds, base.get("fd_kinds")
+    res["fds_after_each_run"] = [s["fds"] for s in post]
+    res["fds_max_after_run"] = max(res["fds_after_each_run"])
+    base_targets = set(base.get("fd_targets", {}).values())
+    res["fds_above_baseline"] = [  # what the extra fds were, to find the leak
+        {"run": s["run"], "kind": s["kind"], "fds": s["fds"],
+         "new_targets": sorted(set(s.get("fd_targets", {}).values()) - base_targets)}
+        for s in post if s["fds"] > base_fds]
+    res["temp_baseline"] = base_tmp
+    res["temp_after_each_run"] = [s["temp_entries"] for s in post]
+    res["temp_max_after_run"] = max(res["temp_after_each_run"])
     res["workspace_leftovers"] = sum(len(s["leftovers"]) for s in samples)
     window = min(300.0, minutes * 60 / 3)
     total = max(s["t"] for s in samples)
     ingests = [s for s in samples if s["kind"] == "ingest" and not s.get("error")]
 
-    def rate(sel):
-        secs = sum(s["seconds"] for s in sel)
+    def rate(sel, key="seconds"):
+        secs = sum(s.get(key) or 0 for s in sel)
         return sum(s["files"] for s in sel) / secs if secs else float("nan")
 
     early = [s for s in ingests if s["t"] <= window and s["run"] >= 1]  # run 0 pays the imports
     late = [s for s in ingests if s["t"] >= total - window]
-    res["throughput_first_files_per_s"], res["throughput_last_files_per_s"] = round(rate(early), 2), round(rate(late), 2)
-    res["throughput_ratio"] = round(rate(late) / rate(early), 3) if early and late else None
     res["window_s"] = window
-    res["failed_runs"] = [f"run {s['run']} ({s['kind']}): {s['error']}" for s in samples if s.get("error")]
+    res["throughput_first_files_per_s"], res["throughput_last_files_per_s"] = round(rate(early), 2), round(rate(late), 2)
+    res["throughput_runs_first_last"] = [len(early), len(late)]
+    res["throughput_ratio"] = round(rate(late) / rate(early), 3) if early and late else None
+    # not criteria: to tell a slower medflow from a busier machine (other users' load stretches wall time)
+    res["throughput_cpu_first_last_files_per_cpu_s"] = [round(rate(early, "cpu_seconds"), 2),
+                                                        round(rate(late, "cpu_seconds"), 2)]
+    res["throughput_cpu_ratio"] = (round(rate(late, "cpu_seconds") / rate(early, "cpu_seconds"), 3)
+                                   if early and late else None)
+    res["loadavg_first_last_window"] = [round(statistics.mean(s.get("loadavg_1min", 0) for s in sel), 2)
+                                        if sel else None for sel in (early, late)]
     checks = {
         "every_run_completed": not res["failed_runs"],
         "rss_flat_within_10pct": res["rss_ratio"] <= 1.10,
@@ -189,6 +283,41 @@ def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) 
     res["checks"] = checks
     res["ok"] = all(checks.values())
     return res
+
+
+def report_lines(res: dict[str, Any]) -> list[str]:
+    """One line per criterion, PASS or FAIL, with its figures."""
+    def verdict(name: str) -> str:
+        return "PASS" if res.get("checks", {}).get(name) else "FAIL"
+
+    lines = [f"runs completed: {res['runs']} {res['runs_by_kind']} (warm-up: first {res['warmup_runs']}); "
+             f"failed: {len(res['failed_runs'])}"]
+    if "reason" in res:
+        return [*lines, f"FAIL  {res['reason']}"]
+    fds_after = res["fds_after_each_run"]
+    lines += [
+        f"{verdict('every_run_completed')}  every run completed: {len(res['failed_runs'])} failed"
+        + "".join(f"\n        {f}" for f in res["failed_runs"][:10]),
+        f"{verdict('rss_flat_within_10pct')}  RSS (process tree) flat after warm-up: first quarter median "
+        f"{res['rss_first_quarter_mib']} MiB, last quarter median {res['rss_last_quarter_mib']} MiB, ratio "
+        f"{res['rss_ratio']} (<= 1.10); range {res['rss_min_max_mib'][0]}-{res['rss_min_max_mib'][1]} MiB; this "
+        f"process {res['rss_self_first_last_quarter_mib']}, children {res['rss_children_first_last_quarter_mib']}",
+        f"{verdict('fds_back_to_baseline')}  open fds back to baseline after every run: baseline {res['fds_baseline']} "
+        f"{res['fds_baseline_kinds']} (warm-up {res['fds_during_warmup']}), after each run min {min(fds_after)} "
+        f"max {max(fds_after)}, runs above baseline {len(res['fds_above_baseline'])}",
+        f"{verdict('temp_back_to_baseline')}  temporary-folder entries back to baseline: baseline "
+        f"{res['temp_baseline']}, after each run max {res['temp_max_after_run']}",
+        f"{verdict('no_workspace_leftovers')}  staging leftovers in workspaces: {res['workspace_leftovers']}",
+        f"{verdict('throughput_last_ge_0.9_first')}  ingest throughput, windows of {res['window_s']:.0f} s: first "
+        f"{res['throughput_first_files_per_s']} files/s ({res['throughput_runs_first_last'][0]} runs), last "
+        f"{res['throughput_last_files_per_s']} files/s ({res['throughput_runs_first_last'][1]} runs), ratio "
+        f"{res['throughput_ratio']} (>= 0.9); per CPU second of the process tree "
+        f"{res['throughput_cpu_first_last_files_per_cpu_s']} files/s, ratio {res['throughput_cpu_ratio']}; "
+        f"machine load average {res['loadavg_first_last_window']}",
+    ]
+    for extra in res["fds_above_baseline"][:5]:
+        lines.append(f"        run {extra['run']} ({extra['kind']}): {extra['fds']} fds, new: {extra['new_targets'][:8]}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="medflow-soak-"))
     out.mkdir(parents=True, exist_ok=True)
+    private_tmp = out / "tmp"  # counted by the temp criterion: ours alone, not the shared /tmp
+    private_tmp.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(private_tmp)  # children (forkserver, Prefect's server) inherit it
+    tempfile.tempdir = str(private_tmp)
     from medflow import runtime
 
     runtime.configure()  # telemetry off, quiet logs (as the CLI)
@@ -216,10 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     res = run_soak(minutes=args.minutes, workers=args.workers, out=out, patients_per_run=args.patients,
                    pipeline_every=args.pipeline_every)
-    (out / "soak.json").write_text(json.dumps(res, indent=1))
+    res = {"minutes": args.minutes, "workers": args.workers, "patients_per_run": args.patients,
+           "pipeline_every": args.pipeline_every, "tmpdir": str(private_tmp), **res}
     brief = {k: v for k, v in res.items() if k != "samples"}
-    print(json.dumps(brief, indent=1))
-    print(f"soak: {'PASS' if res['ok'] else 'FAIL'} ({res['runs']} runs; samples in {out / 'soak.json'})")
+    (out / "soak.json").write_text(json.dumps(res, indent=1))
+    (out / "soak-summary.json").write_text(json.dumps(brief, indent=1))
+    print("\n".join(report_lines(res)))
+    print(f"soak: {'PASS' if res['ok'] else 'FAIL'} ({res['runs']} runs; summary in {out / 'soak-summary.json'}, "
+          f"samples in {out / 'soak.json'})")
     return 0 if res["ok"] else 1
 
 
