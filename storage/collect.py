@@ -367,9 +367,23 @@ def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]]
 
 def _run_units(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *, config: Any,
                keys: PseudonymKeys, workers: int) -> list[dict[str, Any]]:
-    """Results of ``jobs`` in order: inline for one job or one worker, else in a process pool."""
+    """Results of ``jobs`` in order: inline for one job or one worker, else in a process pool.
+
+    A failure in the pool is raised here, after the pool's frame is gone: an exception raised inside
+    it keeps that frame (and the worker processes' pipes) alive for as long as the exception lives,
+    and Prefect keeps a failed run's exception (soak: 4 pipe fds held per failed ingest).
+    """
     if len(jobs) <= 1 or workers == 1:
         return [_unit_task(paths, target, cached, config, keys, tag) for tag, paths, target, cached in jobs]
+    results, bug = _run_pool(jobs, config=config, keys=keys, workers=workers)
+    if bug is not None:
+        raise IngestBugError(*bug)
+    return results
+
+
+def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *, config: Any,
+              keys: PseudonymKeys, workers: int) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
+    """``(results, None)``, or ``([], IngestBugError fields)`` when the pool or a unit failed as a medflow bug."""
     import concurrent.futures
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
@@ -378,18 +392,24 @@ def _run_units(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *
         pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                                                       mp_context=multiprocessing.get_context("forkserver"))
     except OSError as exc:
-        raise IngestBugError("collection workers", "worker start-up", type(exc).__name__) from None
+        return [], ("collection workers", "worker start-up", type(exc).__name__)
     with pool:
         try:
             futures = [pool.submit(_unit_task, paths, target, cached, config, keys, tag)
                        for tag, paths, target, cached in jobs]
         except (OSError, BrokenProcessPool) as exc:
-            raise IngestBugError("collection workers", "worker start-up", type(exc).__name__) from None
+            return [], ("collection workers", "worker start-up", type(exc).__name__)
         results = []
         for (tag, _paths, _target, _cached), fut in zip(jobs, futures, strict=True):
             try:
                 results.append(fut.result())
             except BrokenProcessPool:
-                raise IngestBugError("collection workers", f"unit sha256:{tag}", "BrokenProcessPool",
-                                     "a unit worker process died (killed, out of memory?)") from None
-        return results
+                for f in futures:
+                    f.cancel()
+                return [], ("collection workers", f"unit sha256:{tag}", "BrokenProcessPool",
+                            "a unit worker process died (killed, out of memory?)")
+            except IngestBugError as exc:  # a unit's bug: its fields only (the exception carries the worker's frames)
+                for f in futures:
+                    f.cancel()
+                return [], (exc.stage, exc.input_key, exc.exception_type, exc.location)
+        return results, None

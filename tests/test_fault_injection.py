@@ -66,6 +66,42 @@ def test_classification_bug_types_from_medflow_frames_only():
     assert not is_bug(info3.value)
 
 
+def test_classification_looks_through_standard_library_frames():
+    """pydicom handing a bad value to the standard library is data; medflow doing so is a bug.
+
+    The soak found a PhotometricInterpretation stored with VR AT: pydicom's decoder looks the
+    MultiValue up in an ``enum`` and ``enum.__getitem__`` raises ``TypeError: unhashable type``
+    (innermost frame in ``enum``): the file must be quarantined, not fail the run.
+    """
+    import enum
+    import json
+
+    import pydicom
+
+    from storage.dicom import pixels
+
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 2, 2, 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.add_new(0x00280004, "AT", [0x00100010, 0x00100020])  # PhotometricInterpretation as tags
+    ds.PixelData = b"\0" * 8
+    ds.ensure_file_meta()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    with pytest.raises(pixels.PixelDataError) as info:  # quarantined as decode_failed, not an IngestBugError
+        pixels.decode_frames(ds)
+    assert info.value.reason == "decode_failed"
+
+    class Colour(enum.Enum):
+        RED = "R"
+
+    with pytest.raises(TypeError) as info4:
+        Colour[["R"]]  # medflow code handing the stdlib an unhashable key
+    assert is_bug(info4.value)
+    with pytest.raises(TypeError) as info5:
+        json.dumps({"x": object()})
+    assert is_bug(info5.value)
+
+
 # --------------------------------------------------------------------------- conversion fault
 
 

@@ -61,14 +61,6 @@ class IngestBugError(RuntimeError):
         return (type(self), (self.stage, self.input_key, self.exception_type, self.location))
 
 
-def _innermost(tb: types.TracebackType | None) -> types.FrameType | None:
-    frame = None
-    while tb is not None:
-        frame = tb.tb_frame
-        tb = tb.tb_next
-    return frame
-
-
 def innermost_location(exc: BaseException) -> str:
     """``module:function:line`` of the innermost frame of ``exc``'s traceback (``"?"`` when none)."""
     tb = exc.__traceback__
@@ -87,18 +79,35 @@ def is_bug(exc: BaseException) -> bool:
 
     ``AssertionError``, ``TypeError``, ``AttributeError``, ``NameError`` (incl.
     ``UnboundLocalError``) and ``KeyError`` are bugs unless the innermost traceback frame
-    belongs to a DICOM parsing/decoding library (:data:`DATA_LIBRARIES`), where such
+    outside the standard library belongs to a DICOM parsing/decoding library (:data:`DATA_LIBRARIES`), where such
     errors describe the file's bytes (e.g. pydicom raising ``TypeError`` on a value of
     the wrong VR). Everything else (``ValueError``, ``OverflowError``, codec
     ``RuntimeError``, ``MemoryError``, ``RecursionError``, ...) is treated as data.
     """
     if not isinstance(exc, BUG_TYPES):
         return False
-    frame = _innermost(exc.__traceback__)
-    if frame is None:
+    module = _innermost_caller(exc.__traceback__)
+    if module is None:
         return True
-    module = str(frame.f_globals.get("__name__", "") or "")
     return module.split(".", 1)[0] not in DATA_LIBRARIES
+
+
+def _innermost_caller(tb: types.TracebackType | None) -> str | None:
+    """Module of the innermost traceback frame outside the standard library.
+
+    A data library that hands a bad value to the standard library (pydicom looking a
+    MultiValue up in an ``enum``: ``TypeError: unhashable type``) raised it as surely as if
+    the frame were its own; medflow code doing the same is a medflow bug.
+    """
+    import sys
+
+    found = None
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", "") or "")
+        if module.split(".", 1)[0] not in sys.stdlib_module_names:
+            found = module
+        tb = tb.tb_next
+    return found
 
 
 def file_handle(sha256: str | None) -> str:
