@@ -28,6 +28,7 @@ from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import cached_chain, local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
+from tasks.common import release_memory
 from tasks.discovery import casebase_fingerprint, discover
 from tasks.preprocessing import fuse
 from tasks.report import report as report_task
@@ -270,6 +271,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     }
     _publish(summary, rep.features.uri, summary["report"])
     logger.info("tasks: %d ran, %d from cache", summary["tasks"]["ran"], summary["tasks"]["cached"])
+    release_memory()
     return summary
 
 
@@ -286,5 +288,6 @@ def ingest(config: PipelineConfig) -> dict[str, Any]:
     with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
         coll = run(collect, str(ws.root), source, content, config.collection, keys.key_id())
     _register(ws, config, coll, {})
+    release_memory()
     return {"workspace": str(ws.root), "volumes": len(coll.volumes), "masks": len(coll.masks),
             "quarantined": coll.n_rejected, "routed": coll.n_routed, "tasks": run.summary()}

@@ -18,7 +18,8 @@ temporary folder and leftovers in the workspace (``.tmp`` entries, ``.staging-``
 ``.tmp-`` files). The temporary folder is a private one (``DIR/tmp``, exported as ``TMPDIR`` to
 this process and every child), so that other users of the machine's ``/tmp`` do not move the count.
 
-Warm-up: the first 3 runs, and at least through the first run of each kind (ingest, pipeline).
+Warm-up: the first 3 runs, and at least through the first run of each distinct input (its kind and
+its cohort patients; the soak cycles through a fixed set of them, see :func:`warmup_runs`).
 Some process-wide resources are created once, on first use, and kept for the process's life;
 they are not leaks and must be in place before the baseline is taken. Measured (in-process
 Prefect 3.9, ephemeral API), after the first run of each kind the fd count stays constant:
@@ -174,6 +175,7 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
         chosen = [cohort[(run * patients_per_run + i) % len(cohort)] for i in range(patients_per_run)]
         if kind == "pipeline":
             chosen = chosen[:1]
+        key = run_input(run, patients_per_run=patients_per_run, pipeline_every=pipeline_every, n_patients=len(cohort))
         src, ws = out / f"src-{run:04d}", out / f"ws-{run:04d}"
         n_files, n_bad = make_source(src, chosen, seed=run)
         cfg = PipelineConfig(source=str(src), workspace=str(ws),
@@ -190,7 +192,8 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
         shutil.rmtree(src)
         fds = fd_targets()  # no gc.collect() first: a resource that only the cyclic GC releases counts as held
         rss_self, rss_children = rss_tree()
-        samples.append({"run": run, "kind": kind, "t": round(time.monotonic() - t_start, 1), "files": n_files,
+        samples.append({"run": run, "kind": kind, "input": key, "t": round(time.monotonic() - t_start, 1),
+                        "files": n_files,
                         "damaged": n_bad, "seconds": round(seconds, 2),
                         "cpu_seconds": round(cpu_s, 2), "loadavg_1min": round(os.getloadavg()[0], 2), "volumes": summary.get("volumes"),
                         "quarantined": summary.get("quarantined"), "rss_bytes": rss_self + rss_children,
@@ -207,11 +210,25 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
     return evaluate(samples, minutes=minutes)
 
 
+def run_input(run: int, *, patients_per_run: int, pipeline_every: int, n_patients: int) -> str:
+    """The input of run ``run`` as :func:`run_soak` chooses it: its kind and the cohort positions it reads."""
+    kind = "pipeline" if pipeline_every and run % pipeline_every == 1 % pipeline_every else "ingest"
+    chosen = [(run * patients_per_run + i) % n_patients for i in range(patients_per_run)]
+    return f"{kind}:{','.join(map(str, chosen[:1] if kind == 'pipeline' else chosen))}"
+
+
 def warmup_runs(samples: list[dict[str, Any]], minimum: int = 3) -> int:
-    """Runs in the warm-up: at least ``minimum``, and through the first run of each kind (see the module doc)."""
+    """Runs in the warm-up: at least ``minimum``, and through the first run of each distinct input.
+
+    The soak cycles through a fixed set of inputs (kind + cohort patients). Some process-wide
+    resources are created once, on first use, by a particular input, and kept: the first run of
+    each kind (module doc), and the first pipeline run on a larger patient (the heap's high-water
+    mark; a task tag set first seen with it). The baseline is taken once every input has run once;
+    after that, anything that still grows is a leak.
+    """
     firsts = {}
     for i, s in enumerate(samples):
-        firsts.setdefault(s["kind"], i)
+        firsts.setdefault(s.get("input", s["kind"]), i)
     return max([minimum, *(i + 1 for i in firsts.values())])
 
 
@@ -327,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=pathlib.Path, default=None, help="work folder (default: a new temporary one)")
     ap.add_argument("--patients", type=int, default=3, help="cohort patients per ingest run")
     ap.add_argument("--pipeline-every", type=int, default=6, help="every N-th run is a full pipeline run (0: never)")
+    ap.add_argument("--evaluate", type=pathlib.Path, default=None,
+                    help="re-evaluate the samples of an earlier soak (its soak.json) instead of running one")
     args = ap.parse_args(argv)
+    if args.evaluate is not None:
+        return _reevaluate(args.evaluate)
     if args.minutes <= 0 or args.workers < 1 or args.patients < 1:
         ap.error("--minutes must be > 0, --workers and --patients >= 1")
     if not fuzz.COHORT.is_dir():
@@ -357,6 +378,22 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report_lines(res)))
     print(f"soak: {'PASS' if res['ok'] else 'FAIL'} ({res['runs']} runs; summary in {out / 'soak-summary.json'}, "
           f"samples in {out / 'soak.json'})")
+    return 0 if res["ok"] else 1
+
+
+def _reevaluate(path: pathlib.Path) -> int:
+    """Evaluate a stored soak.json with the current criteria (samples without ``input`` get it from their run)."""
+    old = json.loads(path.read_text())
+    n = sum(1 for p in fuzz.COHORT.glob("STS_*") if p.is_dir())
+    samples = [{**s, "input": s.get("input") or run_input(s["run"], patients_per_run=old["patients_per_run"],
+                                                              pipeline_every=old["pipeline_every"], n_patients=n)}
+               for s in old["samples"]]
+    res = {**{k: v for k, v in old.items() if k not in ("samples", "checks", "ok")},
+           **evaluate(samples, minutes=old["minutes"])}
+    out = path.with_name("soak-reevaluated.json")
+    out.write_text(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))
+    print("\n".join(report_lines(res)))
+    print(f"soak (re-evaluated): {'PASS' if res['ok'] else 'FAIL'} ({res['runs']} runs; {out})")
     return 0 if res["ok"] else 1
 
 

@@ -27,7 +27,7 @@ from medflow.config import AnalysisConfig, ComputeConfig, PreprocessingConfig, P
 from storage.workspace import ArtifactRef
 from tasks.analysis import AnalysisOutput
 from tasks.analysis import features as features_task
-from tasks.common import cached_step
+from tasks.common import cached_step, release_memory
 from tasks.preprocessing import PreprocessOutput, preprocess
 from tasks.processing import ProcessOutput, segment
 
@@ -145,4 +145,6 @@ def run_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], pre
                      responses=list(proc.responses) if proc else [])
     except _Miss:
         return None
+    if any(s["state"] != "Cached" for s in steps):
+        release_memory()
     return ChainOutput(pre=pre, proc=proc, feats=feats, steps=steps, started=started, finished=time.time())

@@ -218,3 +218,27 @@ def cached_step(stage_fn: Any, workspace: str, output: type, *, compute_on_miss:
     write_text_atomic(record, canonical_json({"stage": policy.stage, "task": stage_fn.name, "cache_key": key,
                                               "output": out.model_dump(mode="json")}))
     return out, "Completed"
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the operating system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A volume's arrays are freed when its step ends, but glibc keeps the freed pages in its
+    arenas: a long-lived process (a served worker, a soak) would otherwise stay at the
+    high-water mark of the largest volume it ever held (soak: 790 -> 1,297 MiB after the first
+    run on a larger patient, flat afterwards). Called after each computed volume chain and at the
+    end of each flow.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

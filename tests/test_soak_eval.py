@@ -73,3 +73,19 @@ def test_too_few_runs_is_a_failure_with_a_reason():
     res = soak.evaluate(_runs(5), minutes=1)
     assert not res["ok"] and "too few runs" in res["reason"]
     assert soak.report_lines(res)[-1].startswith("FAIL")
+
+
+def test_warm_up_runs_through_the_first_run_of_each_input_and_later_growth_still_fails():
+    keys = [soak.run_input(r, patients_per_run=3, pipeline_every=6, n_patients=26) for r in range(200)]
+    assert keys[1] == "pipeline:3" and keys[0] == "ingest:0,1,2" and keys[2] == "ingest:6,7,8"
+    last_first = max(keys.index(k) for k in set(keys))
+    assert last_first == 73  # 13 distinct pipeline patients, one every 6 runs
+    samples = []
+    for r, k in enumerate(keys):
+        big = r >= 67  # a larger patient first seen at run 67: one-time high-water mark and resources
+        samples.append({**_sample(r, k.split(":")[0], t=5.0 * (r + 1), fds=24 if big else 20,
+                                  rss=1300 if big else 780), "input": k})
+    res = soak.evaluate(samples, minutes=17)
+    assert res["warmup_runs"] == 74 and res["ok"], res["checks"]
+    samples[150] = {**samples[150], "fds": 25}  # grows again on an input seen before: a leak
+    assert not soak.evaluate(samples, minutes=17)["checks"]["fds_back_to_baseline"]
