@@ -403,13 +403,13 @@ def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *,
         for (tag, _paths, _target, _cached), fut in zip(jobs, futures, strict=True):
             try:
                 results.append(fut.result())
+                continue
             except BrokenProcessPool:
-                for f in futures:
-                    f.cancel()
-                return [], ("collection workers", f"unit sha256:{tag}", "BrokenProcessPool",
-                            "a unit worker process died (killed, out of memory?)")
+                bug = ("collection workers", f"unit sha256:{tag}", "BrokenProcessPool",
+                       "a unit worker process died (killed, out of memory?)")
             except IngestBugError as exc:  # a unit's bug: its fields only (the exception carries the worker's frames)
-                for f in futures:
-                    f.cancel()
-                return [], (exc.stage, exc.input_key, exc.exception_type, exc.location)
+                bug = (exc.stage, exc.input_key, exc.exception_type, exc.location)
+            for f in futures:
+                f.cancel()
+            return [], bug
         return results, None

@@ -116,15 +116,16 @@ def cached_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], 
     return run_chain(workspace, volume, masks, preprocessing, processing, analysis, compute, compute_on_miss=False)
 
 
+class _Miss(Exception):
+    """Internal: a step of a probed chain is not cached (:func:`cached_chain` answers None)."""
+
+
 def run_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], preprocessing: PreprocessingConfig,
               processing: ProcessingConfig, analysis: AnalysisConfig, compute: ComputeConfig, *,
               compute_on_miss: bool = True) -> ChainOutput | None:
     """Body of :func:`volume_chain`; with ``compute_on_miss=False`` it stops (None) at the first miss."""
     started = time.time()
     steps: list[dict[str, Any]] = []
-
-    class _Miss(Exception):
-        pass
 
     def step(fn: Any, output: type, **kwargs: Any) -> Any:
         t0 = time.perf_counter()

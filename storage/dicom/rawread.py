@@ -152,8 +152,9 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
         if length == _UNDEFINED or value_pos + length > stop:
             raise _Unusual
         tag = BaseTag(group << 16 | elem)
-        elements[tag] = RawDataElement(tag, vr.decode("ascii"), length, data[value_pos:value_pos + length] if length
-                                       else None, value_pos, False, True)
+        text = _VR_TEXT[vr]
+        elements[tag] = RawDataElement(tag, text, length, data[value_pos:value_pos + length] if length
+                                       else _empty(text), value_pos, False, True)
         pos = value_pos + length
     if pos != stop or (pos + 2 <= len(data) and data[pos:pos + 2] == b"\x02\x00"):
         raise _Unusual  # a group length that does not end the group: pydicom reads on by tag
