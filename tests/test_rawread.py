@@ -120,7 +120,7 @@ def test_mutations_parse_and_check_as_pydicom(shared_data):
             declined += 1
             continue
         assert ref is not None, "the fast reader accepted bytes pydicom refuses"
-        full = _raises(lambda: [None for _ in copy.deepcopy(ref)])
+        full = _raises(lambda ref=ref: [None for _ in copy.deepcopy(ref)])
         cheap = _raises(lambda ds=ds: unconvertible_elements(ds, sequences_checked=False))
         assert (full is None) == (cheap is None), (full, cheap)
         checks_raising += cheap is not None
