@@ -28,7 +28,7 @@ from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import cached_chain, local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
-from tasks.common import release_memory
+from tasks.common import configure_allocator, release_memory
 from tasks.discovery import casebase_fingerprint, discover
 from tasks.preprocessing import fuse
 from tasks.report import report as report_task
@@ -178,6 +178,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run all five stages on ``config.source`` into ``config.workspace``; returns a PHI-free summary."""
     from storage.pseudonym import PseudonymKeys
 
+    configure_allocator()
     logger = get_run_logger()
     ws = Workspace(config.workspace).ensure()
     keys = PseudonymKeys.from_env()
@@ -278,6 +279,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
 @flow(name="medflow-ingest", description="Collection only: DICOM folder to pseudonymised volumes and masks.")
 def ingest(config: PipelineConfig) -> dict[str, Any]:
     """Scan, guard, de-identify and convert ``config.source``; register it in the catalog."""
+    configure_allocator()
     from storage.pseudonym import PseudonymKeys
 
     ws = Workspace(config.workspace).ensure()

@@ -75,19 +75,23 @@ DAMAGED_FRACTION = 0.10
 SOAK_KINDS = {k: w for k, w in fuzz.KINDS.items() if k != "deflate_bomb"}  # bombs: covered by the fuzz run
 
 
-def cpu_tree() -> float:
-    """CPU seconds used so far by this process, its live children and the children they reaped (workers)."""
+def cpu_tree() -> tuple[float, float]:
+    """CPU seconds used so far: (this process, its live children and the children they and it reaped).
+
+    The children are the collection's workers (reaped by the forkserver) and Prefect's server.
+    """
     import psutil
 
     me = psutil.Process()
-    total = 0.0
-    for p in (me, *me.children(recursive=True)):
+    t = me.cpu_times()
+    own, children = t.user + t.system, t.children_user + t.children_system
+    for p in me.children(recursive=True):
         try:
             t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
+            children += t.user + t.system + t.children_user + t.children_system
         except psutil.Error:
             pass
-    return total
+    return own, children
 
 
 def rss_tree() -> tuple[int, int]:
@@ -102,6 +106,55 @@ def rss_tree() -> tuple[int, int]:
         except psutil.Error:
             pass
     return me.memory_info().rss, children
+
+
+def memory_breakdown() -> dict[str, float]:
+    """Where this process's RSS is (MiB), to tell a leak from fragmentation; diagnostics, not criteria.
+
+    ``heap`` is the main malloc arena (``[heap]``), ``anon`` the anonymous mappings (glibc's
+    per-thread arenas, individually mapped buffers, CPython's small-object arenas), ``file``
+    mapped files (libraries); from ``sys._debugmallocstats``: ``pymalloc_arenas`` the small-object
+    arenas held (1 MiB each) and ``pymalloc_live`` the bytes in their live objects.
+    """
+    out = collections.Counter()
+    kind = "file"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):
+                path = head[5] if len(head) > 5 else ""
+                kind = ("heap" if path == "[heap]" else "anon" if not path
+                        else "file" if path.startswith("/") else "other")
+            elif head[0] == "Rss:":
+                out[kind] += int(head[1]) * 1024
+    res = {k: round(v / 2**20, 1) for k, v in sorted(out.items())}
+    res.update(_pymalloc())
+    return res
+
+
+def _pymalloc() -> dict[str, float]:
+    """CPython's small-object allocator: arenas held and bytes in live blocks, MiB (``sys._debugmallocstats`` on fd 2)."""
+    import re
+
+    with tempfile.TemporaryFile() as tmp:  # unlinked at once: no entry in the temporary folder
+        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    out = {}
+    for key, pattern in (("pymalloc_arenas", rb"# arenas allocated current\s*=\s*([\d,]+)"),
+                         ("pymalloc_live", rb"# bytes in allocated blocks\s*=\s*([\d,]+)")):
+        m = re.search(pattern, text)
+        if m:
+            n = int(m.group(1).replace(b",", b""))
+            out[key] = float(n) if key == "pymalloc_arenas" else round(n / 2**20, 1)
+    return out
 
 
 def fd_targets() -> dict[int, str]:
@@ -186,18 +239,22 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
             summary = (pipeline if kind == "pipeline" else ingest)(cfg)
         except Exception as exc:  # noqa: BLE001 - a failed run is a finding: recorded, the soak goes on
             summary, error = {}, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        seconds, cpu_s = time.monotonic() - t0, cpu_tree() - cpu0
+        seconds, cpu1 = time.monotonic() - t0, cpu_tree()
+        cpu_self, cpu_children = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        cpu_s = cpu_self + cpu_children
         left = leftovers(ws)
         shutil.rmtree(ws)
         shutil.rmtree(src)
+        memory = memory_breakdown()
         fds = fd_targets()  # no gc.collect() first: a resource that only the cyclic GC releases counts as held
         rss_self, rss_children = rss_tree()
         samples.append({"run": run, "kind": kind, "input": key, "t": round(time.monotonic() - t_start, 1),
                         "files": n_files,
                         "damaged": n_bad, "seconds": round(seconds, 2),
-                        "cpu_seconds": round(cpu_s, 2), "loadavg_1min": round(os.getloadavg()[0], 2), "volumes": summary.get("volumes"),
+                        "cpu_seconds": round(cpu_s, 2), "cpu_self_seconds": round(cpu_self, 2),
+                        "cpu_children_seconds": round(cpu_children, 2), "loadavg_1min": round(os.getloadavg()[0], 2), "volumes": summary.get("volumes"),
                         "quarantined": summary.get("quarantined"), "rss_bytes": rss_self + rss_children,
-                        "rss_self_bytes": rss_self, "rss_children_bytes": rss_children, "fds": len(fds),
+                        "rss_self_bytes": rss_self, "rss_children_bytes": rss_children, "memory_mib": memory, "fds": len(fds),
                         "fd_kinds": dict(sorted(collections.Counter(map(fd_kind, fds.values())).items())),
                         "fd_targets": {str(k): v for k, v in sorted(fds.items())},
                         "temp_entries": temp_entries(), "leftovers": left, "error": error})
@@ -251,6 +308,11 @@ def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) 
         key = f"rss_{part}_bytes"
         res[f"rss_{part}_first_last_quarter_mib"] = [
             round(statistics.median(s.get(key, 0) for s in sel) / 2**20, 1) for sel in (post[:q], post[-q:])]
+    parts = sorted({k for s in post for k in s.get("memory_mib", {})})
+    if parts:  # diagnostics: which kind of memory grew (module doc of memory_breakdown)
+        res["memory_first_last_quarter_mib"] = {
+            k: [round(statistics.median(s.get("memory_mib", {}).get(k, 0.0) for s in sel), 1) for sel in (post[:q], post[-q:])]
+            for k in parts}
     res["rss_min_max_mib"] = [round(min(s["rss_bytes"] for s in post) / 2**20, 1),
                               round(max(s["rss_bytes"] for s in post) / 2**20, 1)]
     base = samples[warmup - 1]  # the state after warm-up
@@ -287,6 +349,11 @@ def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) 
                                                         round(rate(late, "cpu_seconds"), 2)]
     res["throughput_cpu_ratio"] = (round(rate(late, "cpu_seconds") / rate(early, "cpu_seconds"), 3)
                                    if early and late else None)
+    for part in ("self", "children"):  # where CPU per file grows: this process, or the workers/Prefect's server
+        key = f"cpu_{part}_seconds"
+        if all(key in s for s in early + late):
+            res[f"cpu_{part}_ms_per_file_first_last"] = [
+                round(1000 * sum(s[key] for s in sel) / max(1, sum(s["files"] for s in sel)), 2) for sel in (early, late)]
     res["loadavg_first_last_window"] = [round(statistics.mean(s.get("loadavg_1min", 0) for s in sel), 2)
                                         if sel else None for sel in (early, late)]
     checks = {
