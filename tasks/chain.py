@@ -75,8 +75,7 @@ def _chain_name() -> str:
     return f"volume-chain-{key}" if key else "volume-chain"
 
 
-@task(name="volume-chain", cache_policy=NO_CACHE, persist_result=False, task_run_name=_chain_name,
-      tags=["stage:chain"])
+@task(name="volume-chain", cache_policy=NO_CACHE, persist_result=False, task_run_name=_chain_name)
 def volume_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], preprocessing: PreprocessingConfig,
                  processing: ProcessingConfig, analysis: AnalysisConfig, compute: ComputeConfig) -> ChainOutput:
     """Preprocess, segment (when configured) and measure one 3-D volume.

@@ -45,7 +45,7 @@ def _keys(key_id: str):
     return keys
 
 
-@task(name="pacs-pull", cache_policy=NO_CACHE, tags=["stage:collection", "io:pacs"])
+@task(name="pacs-pull", cache_policy=NO_CACHE, tags=["io:pacs"])
 def pull(workspace: str, source: str, params: PacsConfig, key_id: str, catalog_url: str | None = None) -> PullOutput:
     """Query the PACS, retrieve what is not held yet, check completeness, stage the complete studies.
 
@@ -74,7 +74,7 @@ def pull(workspace: str, source: str, params: PacsConfig, key_id: str, catalog_u
                       skipped=report.skipped, attempts=report.attempts, seconds=report.seconds)
 
 
-@task(name="pacs-write-back", cache_policy=NO_CACHE, tags=["stage:report", "io:pacs"])
+@task(name="pacs-write-back", cache_policy=NO_CACHE, tags=["io:pacs"])
 def write_back(workspace: str, source: str, staging: str, volumes: list[ArtifactRef], masks: list[ArtifactRef],
                features: list[ArtifactRef], params: PacsConfig, key_id: str) -> list[dict[str, Any]]:
     """Store each collected volume's masks (DICOM SEG) and feature values (TID 1500 SR) in the PACS.
