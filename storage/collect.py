@@ -10,7 +10,6 @@ The pseudonym map is recorded in the encrypted vault, the only way back.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from storage.pseudonym import PseudonymKeys
 from storage.quarantine import QuarantineStore
 from storage.vault import Vault
 from storage.volumes import write_array
+from storage.workers import default_workers, worker_context
 from storage.workspace import MANIFEST, Workspace, atomic_folder, canonical_json, sha256_bytes
 
 _SAFE_ROI = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -211,35 +211,6 @@ def _unit_task(paths: list[pathlib.Path], folder: pathlib.Path, cached: bool, co
     return res
 
 
-#: Modules a unit worker runs: the forkserver imports them once and every worker is forked with them loaded
-#: (without this, each worker imported them itself, about 1.5 CPU-s per worker).
-WORKER_MODULES = ("storage.collect", "storage.dicom.ingest", "storage.dicom.convert", "storage.dicom.rtstruct",
-                  "storage.dicom.seg", "storage.dicom.pixels", "imaging.qc", "pydicom", "zarr")
-
-
-def _worker_context() -> Any:
-    """The ``forkserver`` context, its server started now with :data:`WORKER_MODULES` preloaded.
-
-    The server imports them in the background while this process goes on (partition, cache look-ups).
-    A server already running (a long-lived process that ingested before) is used as it is.
-    """
-    import multiprocessing
-    import multiprocessing.forkserver
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(WORKER_MODULES))
-    try:
-        multiprocessing.forkserver.ensure_running()
-    except OSError:  # reported by the pool's start-up, where it is handled
-        pass
-    return ctx
-
-
-def default_workers() -> int:
-    """Unit worker processes: one per core, at most 4 (each holds one unit's files in memory)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
                  workspace: pathlib.Path, run_id: str | None = None, unit_salt: str | None = None,
                  workers: int | None = None) -> CollectionSummary:
@@ -284,7 +255,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     ws = Workspace(workspace)
     n_workers = workers or default_workers()
     if n_workers > 1:  # the worker server starts importing while this process partitions the source
-        _worker_context()
+        worker_context()
     units, unreadable = partition(list(iter_files(source)))
     if unreadable:
         units.append([(p, "") for p in unreadable])
@@ -416,7 +387,7 @@ def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *,
 
     try:
         pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                                      mp_context=_worker_context())
+                                                      mp_context=worker_context())
     except OSError as exc:
         return [], ("collection workers", "worker start-up", type(exc).__name__)
     with pool:
