@@ -73,14 +73,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 from scipy import ndimage
 
 from imaging.geometry import slice_spacing_stats
+
+if TYPE_CHECKING:  # pandas only for qc_table: collection workers run the checks without it
+    import pandas as pd
 
 __all__ = ["INTENSITY_RANGES", "QC_CODES", "QCFinding", "noise_sigma", "qc_table", "series_qc", "snr_estimate",
            "volume_findings", "volume_value_findings"]
@@ -514,6 +516,8 @@ def volume_findings(volume: Any, meta: Mapping[str, Any], *, spacing: Sequence[f
 
 def qc_table(findings: Iterable[QCFinding | Mapping[str, Any]]) -> pd.DataFrame:
     """Findings as a DataFrame with columns ``code, severity, message, value`` (plus any extra dict keys)."""
+    import pandas as pd
+
     rows = [f.as_dict() if isinstance(f, QCFinding) else dict(f) for f in findings]
     cols = ["code", "severity", "message", "value"]
     df = pd.DataFrame(rows)

@@ -10,7 +10,6 @@ The pseudonym map is recorded in the encrypted vault, the only way back.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from storage.pseudonym import PseudonymKeys
 from storage.quarantine import QuarantineStore
 from storage.vault import Vault
 from storage.volumes import write_array
+from storage.workers import default_workers, worker_context
 from storage.workspace import MANIFEST, Workspace, atomic_folder, canonical_json, sha256_bytes
 
 _SAFE_ROI = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -211,11 +211,6 @@ def _unit_task(paths: list[pathlib.Path], folder: pathlib.Path, cached: bool, co
     return res
 
 
-def default_workers() -> int:
-    """Unit worker processes: one per core, at most 4 (each holds one unit's files in memory)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
                  workspace: pathlib.Path, run_id: str | None = None, unit_salt: str | None = None,
                  workers: int | None = None) -> CollectionSummary:
@@ -258,6 +253,9 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     ws = Workspace(workspace)
+    n_workers = workers or default_workers()
+    if n_workers > 1:  # the worker server starts importing while this process partitions the source
+        worker_context()
     units, unreadable = partition(list(iter_files(source)))
     if unreadable:
         units.append([(p, "") for p in unreadable])
@@ -284,7 +282,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     vault = Vault(workspace, keys)
     store = QuarantineStore(workspace)
     for (tag, _paths, target, cached), res in zip(jobs, _run_units(jobs, config=config, keys=keys,
-                                                                    workers=workers or default_workers()),
+                                                                    workers=n_workers),
                                                   strict=True):
         for kind, items in res["pairs"].items():
             vault.record_many(kind, [tuple(x) for x in items])
@@ -385,12 +383,11 @@ def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *,
               keys: PseudonymKeys, workers: int) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
     """``(results, None)``, or ``([], IngestBugError fields)`` when the pool or a unit failed as a medflow bug."""
     import concurrent.futures
-    import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
     try:
         pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                                      mp_context=multiprocessing.get_context("forkserver"))
+                                                      mp_context=worker_context())
     except OSError as exc:
         return [], ("collection workers", "worker start-up", type(exc).__name__)
     with pool:

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
 from storage.workspace import atomic_folder
+
+if TYPE_CHECKING:  # dask and xarray are imported where used: collection workers write numpy arrays only
+    import dask.array as da
+    import xarray as xr
 
 STORE_NAME = "volume.zarr"
 ARRAY_NAME = "data"
@@ -101,6 +104,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _is_dask(array: Any) -> bool:
+    """A dask array (without importing dask: an array cannot be one unless dask is loaded)."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(array, module.Array)
+
+
 def write_array(folder: pathlib.Path, array: np.ndarray | da.Array, *, affine: np.ndarray,
                 spacing: tuple[float, ...], dims: tuple[str, ...] | None = None,
                 attrs: dict[str, Any] | None = None, chunk_mb: float = 32.0) -> pathlib.Path:
@@ -108,7 +117,8 @@ def write_array(folder: pathlib.Path, array: np.ndarray | da.Array, *, affine: n
 
     Returns ``folder``. The folder's manifest digest is the artifact's content digest.
     """
-    array = array if isinstance(array, da.Array) else np.asarray(array)
+    is_dask = _is_dask(array)
+    array = array if is_dask else np.asarray(array)
     dims = tuple(dims or default_dims(array.ndim))
     if len(dims) != array.ndim:
         raise ValueError(f"dims {dims} do not match the array's ndim={array.ndim}")
@@ -121,15 +131,17 @@ def write_array(folder: pathlib.Path, array: np.ndarray | da.Array, *, affine: n
         **_jsonable(attrs or {}),
     }
     with atomic_folder(folder) as stage:
-        group = zarr.open_group(str(stage / STORE_NAME), mode="w", zarr_format=3)
-        group.attrs.update(meta)
+        # attributes given at creation: zarr.json written once (``attrs.update`` rewrote it once per key)
+        group = zarr.open_group(str(stage / STORE_NAME), mode="w", zarr_format=3, attributes=meta)
         fill = False if dtype == np.bool_ else 0
         shards = choose_shards(tuple(array.shape), chunks, dtype.itemsize, target_mb=chunk_mb)
         z = group.create_array(
             ARRAY_NAME, shape=array.shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill,
             compressors=codec_for(dtype), dimension_names=list(dims),
         )
-        if isinstance(array, da.Array):
+        if is_dask:
+            import dask.array as da
+
             da.store(array.rechunk(shards or chunks), z, lock=False)
         else:
             z[...] = array
@@ -143,6 +155,9 @@ def open_array(folder: pathlib.Path) -> xr.DataArray:
     centre; ``attrs['affine']`` maps array indices to patient LPS mm exactly
     (oblique grids included).
     """
+    import dask.array as da
+    import xarray as xr
+
     group = zarr.open_group(str(pathlib.Path(folder) / STORE_NAME), mode="r")
     z = group[ARRAY_NAME]
     attrs = dict(group.attrs)

@@ -168,6 +168,15 @@ def staging_dir(final: pathlib.Path) -> pathlib.Path:
     return parent / f".{final.name}.staging-{uuid.uuid4().hex[:12]}"
 
 
+#: Folders this process is staging in :func:`atomic_folder` right now (each fsyncs all its files when done).
+_STAGING: set[pathlib.Path] = set()
+
+
+def inside_staging(path: pathlib.Path) -> bool:
+    """True when ``path`` lies inside a folder that :func:`atomic_folder` is staging in this process."""
+    return bool(_STAGING) and any(p in _STAGING for p in pathlib.Path(path).parents)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, suffix: str = "") -> Iterator[pathlib.Path]:
     """Yield a temporary path to write a *file*; on success fsync and rename it to ``final``."""
@@ -201,18 +210,25 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
     If ``final`` already exists (another run wrote the same content-addressed
     artifact), the staged copy is discarded and the existing one kept. A crash
     leaves only a ``.staging-*`` folder, which is never read.
+
+    A folder staged inside another staging folder (a volume inside a collection unit) skips
+    the fsync of its files: the enclosing folder fsyncs every file below it before its own
+    rename, which is the one that makes them visible.
     """
     final = pathlib.Path(final)
     stage = staging_dir(final)
     stage.mkdir(parents=True)
+    _STAGING.add(stage)
     try:
         yield stage
+        _STAGING.discard(stage)
         manifest = folder_manifest(stage)
         (stage / MANIFEST).write_text(canonical_json(manifest))
-        for dirpath, _dirs, files in os.walk(stage):
-            for name in files:
-                with open(pathlib.Path(dirpath) / name, "rb") as fh:
-                    os.fsync(fh.fileno())
+        if not inside_staging(final):
+            for dirpath, _dirs, files in os.walk(stage):
+                for name in files:
+                    with open(pathlib.Path(dirpath) / name, "rb") as fh:
+                        os.fsync(fh.fileno())
         if final.exists():
             if verify_artifact(final, manifest_digest(manifest)):
                 shutil.rmtree(stage)
@@ -221,6 +237,7 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
         os.replace(stage, final)
         _fsync_dir(final.parent)
     finally:
+        _STAGING.discard(stage)
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
 

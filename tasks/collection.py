@@ -61,6 +61,10 @@ def collect(workspace: str, source: str, content: ArtifactRef, params: Collectio
     path); ``key_id`` identifies the pseudonymisation secret (a different secret means
     different pseudonyms, so a different key).
     """
+    from storage.workers import default_workers, worker_context
+
+    if default_workers() > 1:  # the unit workers' server imports while this process imports and partitions
+        worker_context()
     from storage.collect import collect_into
     from storage.pseudonym import PseudonymKeys
     from tasks.common import sub_ref

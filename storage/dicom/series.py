@@ -19,6 +19,7 @@ points). :func:`split_volumes` turns one :class:`SeriesGroup` into
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import defaultdict
@@ -151,6 +152,17 @@ def _ds_value_ok(value) -> bool:
     return _ds_text_ok(str(value if text is None else text))
 
 
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str | None:
+    """pydicom's dictionary VR of ``tag`` (None for a tag it does not know, e.g. a private one)."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
 def unreadable_decimal(ds) -> str | None:
     """Keyword (or tag) of the first top-level DS element holding a value that is not a decimal number.
 
@@ -162,16 +174,16 @@ def unreadable_decimal(ds) -> str | None:
     missing one. (IS values are converted eagerly by pydicom: an unreadable IS already fails the
     ingest's check.) Values still raw are checked from their bytes, without converting any element.
     """
-    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.datadict import keyword_for_tag
     from pydicom.dataelem import RawDataElement
 
-    for tag in ds.keys():
-        elem = ds.get_item(tag)
+    for tag, elem in list(ds._dict.items()):  # what ``ds.get_item(tag)`` returns for each tag, without the calls
+        if isinstance(elem, RawDataElement) and elem.value is None:
+            elem = ds.get_item(tag)  # a deferred read: get_item reads and converts it
         vr = elem.VR
         if vr is None:  # implicit VR, not converted yet: the dictionary's VR (private tags are not checked)
-            try:
-                vr = dictionary_VR(tag)
-            except KeyError:
+            vr = _dictionary_vr(tag)
+            if vr is None:
                 continue
         if vr != "DS":
             continue
