@@ -26,9 +26,9 @@ Prefect 3.9, ephemeral API), after the first run of each kind the fd count stays
 
 * the first ingest of several patients starts the ``forkserver`` of the collection's process
   pool (2 pipes, and its child processes);
-* the first pipeline run adds 2 keep-alive HTTP connections of Prefect's per-tag-set
-  concurrency-slot services (singleton threads, one per task tag set: ``stage:discovery``,
-  ``stage:report``) and 2 font files that matplotlib's font cache keeps open (the report's plots).
+* the first pipeline run adds keep-alive HTTP connections to Prefect's API and 2 font files that
+  matplotlib's font cache keeps open (the report's plots). (Stage tasks carried Prefect tags until
+  2026-12-03: each tag set then added a concurrency-slot service with its own connection.)
 
 Pass criteria (checked on the runs after warm-up):
 
@@ -168,6 +168,26 @@ def fd_targets() -> dict[int, str]:
     return out
 
 
+def describe_sockets(targets: dict[int, str]) -> dict[int, str]:
+    """``targets`` with each TCP socket's endpoints added (``/proc/net/tcp*``: which connection a held fd is)."""
+    tcp = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = pathlib.Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, remote, state, inode = f[1], f[2], f[3], f[9]
+            tcp[inode] = (f"{name} :{int(local.rsplit(':', 1)[1], 16)} -> :{int(remote.rsplit(':', 1)[1], 16)}"
+                          f" state {state}")
+    out = {}
+    for fd, t in targets.items():
+        inode = t[len("socket:["):-1] if t.startswith("socket:[") else None
+        out[fd] = f"{t} {tcp[inode]}" if inode in tcp else t
+    return out
+
+
 def fd_kind(target: str) -> str:
     return target.split(":", 1)[0] if not target.startswith("/") else "file"
 
@@ -256,7 +276,7 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
                         "quarantined": summary.get("quarantined"), "rss_bytes": rss_self + rss_children,
                         "rss_self_bytes": rss_self, "rss_children_bytes": rss_children, "memory_mib": memory, "fds": len(fds),
                         "fd_kinds": dict(sorted(collections.Counter(map(fd_kind, fds.values())).items())),
-                        "fd_targets": {str(k): v for k, v in sorted(fds.items())},
+                        "fd_targets": {str(k): v for k, v in sorted(describe_sockets(fds).items())},
                         "temp_entries": temp_entries(), "leftovers": left, "error": error})
         s = samples[-1]
         print(f"soak run {run:3d} {kind:8s} t={s['t']:7.1f}s files={n_files:4d} damaged={n_bad:3d} "

@@ -86,6 +86,21 @@ def _read_or_create_secret_file(path: pathlib.Path) -> bytes:
     return text.encode("utf-8")
 
 
+#: Kinds whose keys are made from the value with surrounding white space removed (DICOM pads
+#: values to even length with a space, PS3.5 6.2; a damaged or re-padded copy differs only there).
+STRIPPED_KINDS = frozenset({"patient", "study", "series"})
+
+
+def canonical_original(kind: str, value: object) -> str:
+    """The text a key of ``kind`` is made from, and under which the vault records ``value``.
+
+    ``"PAT01 "`` and ``"PAT01"`` get one pseudonym, so they must be one original: the key
+    functions and :class:`storage.vault.Vault` both go through here.
+    """
+    text = str(value)
+    return text.strip() if kind in STRIPPED_KINDS else text
+
+
 class PseudonymKeys:
     """All keyed pseudonym functions derived from one secret.
 
@@ -143,15 +158,15 @@ class PseudonymKeys:
     # -- pseudonyms -----------------------------------------------------------------
     def patient_key(self, patient_id: str) -> str:
         """``"P" + base32(HMAC(secret, patient_id))[:10]`` (50 bits; e.g. ``"PK3QJ5WZ2AB"``)."""
-        return "P" + self._b32(self._mac("patient", str(patient_id).strip()), 10)
+        return "P" + self._b32(self._mac("patient", canonical_original("patient", patient_id)), 10)
 
     def study_key(self, study_uid: str) -> str:
         """``"S" + base32(HMAC(secret, study_uid))[:10]``."""
-        return "S" + self._b32(self._mac("study", str(study_uid).strip()), 10)
+        return "S" + self._b32(self._mac("study", canonical_original("study", study_uid)), 10)
 
     def series_key(self, series_uid: str) -> str:
         """``"R" + base32(HMAC(secret, series_uid))[:10]``."""
-        return "R" + self._b32(self._mac("series", str(series_uid).strip()), 10)
+        return "R" + self._b32(self._mac("series", canonical_original("series", series_uid)), 10)
 
     @staticmethod
     def volume_key(series_key: str, index: int) -> str:

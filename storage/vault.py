@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from storage.pseudonym import PseudonymKeys
+from storage.pseudonym import PseudonymKeys, canonical_original
 from storage.workspace import Workspace, write_bytes_atomic
 
 VAULT_DIR = "vault"
@@ -128,6 +128,9 @@ class Vault:
     def record_many(self, kind: str, pairs: Iterable[tuple[str, str]]) -> int:
         """Store many ``(original, pseudonym)`` pairs in one locked rewrite; returns how many were new.
 
+        Originals are recorded as their keys are made (:func:`storage.pseudonym.canonical_original`):
+        a patient ID with and without DICOM's trailing pad space is one patient.
+
         Raises
         ------
         VaultError
@@ -135,7 +138,7 @@ class Vault:
             to a different original (the message names no value).
         """
         self._check_kind(kind)
-        pairs = [(str(o), str(p)) for o, p in pairs]
+        pairs = [(canonical_original(kind, o), str(p)) for o, p in pairs]
         with self._locked(exclusive=True):
             data = self._read()
             table = dict(data.get(kind, {}))
@@ -163,7 +166,7 @@ class Vault:
         """The pseudonym recorded for ``original``, or None."""
         self._check_kind(kind)
         with self._locked(exclusive=False):
-            return self._read().get(kind, {}).get(str(original))
+            return self._read().get(kind, {}).get(canonical_original(kind, original))
 
     def reidentify(self, kind: str, pseudonym: str) -> str | None:
         """The original behind ``pseudonym`` (the only way back), or None when unknown."""

@@ -75,6 +75,22 @@ def test_conflicts_raise_without_values(tmp_path):
         v.record("Patient Name", "x", "y")
 
 
+def test_padded_ids_are_one_original(tmp_path):
+    """Soak finding: a damaged copy whose PatientID differs only by DICOM's pad space got the same
+    pseudonym (keys strip the value) but was recorded as another original: the whole ingest failed."""
+    keys = PseudonymKeys(KEY)
+    v = Vault(tmp_path, keys)
+    assert keys.patient_key("STS_008 ") == keys.patient_key("STS_008")
+    assert v.record_many("patient", [("STS_008", keys.patient_key("STS_008")),
+                                     ("STS_008 ", keys.patient_key("STS_008 "))]) == 1
+    v.record("patient", " STS_008", keys.patient_key(" STS_008"))
+    assert v.lookup_pseudonym("patient", "STS_008 ") == keys.patient_key("STS_008")
+    assert v.reidentify("patient", keys.patient_key("STS_008")) == "STS_008"
+    assert v.kinds() == {"patient": 1}
+    v.record("study_uid", "1.2.3 ", "2.25.1")  # kinds not keyed on stripped text keep the value as given
+    assert v.lookup_pseudonym("study_uid", "1.2.3") is None
+
+
 def _writer(root, prefix, n):
     v = Vault(root, PseudonymKeys(KEY))
     for i in range(n):
