@@ -29,7 +29,7 @@ import scipy.ndimage as ndi
 from imaging import kernels as K
 from imaging import segment as S
 from imaging.types import Interpolation
-from imaging.voxelgrid import sigma_voxels
+from imaging.voxelgrid import block_depth, sigma_voxels
 from imaging.voxelgrid import spacing3 as _spacing3
 
 __all__ = [
@@ -583,7 +583,7 @@ def _overlap(volume: da.Array, fn: Callable[[np.ndarray], np.ndarray], depth: Se
     """
     dt = np.dtype(dtype)
     boundary = "periodic" if mode == "wrap" else "none"
-    return da.map_overlap(fn, volume, depth={a: int(d) for a, d in enumerate(depth)}, boundary=boundary, dtype=dt,
+    return da.map_overlap(fn, volume, depth=block_depth(volume.numblocks, depth), boundary=boundary, dtype=dt,
                           meta=np.empty((0, 0, 0), dtype=dt))
 
 

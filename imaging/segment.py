@@ -32,6 +32,7 @@ from imaging.voxelgrid import (
     ComponentMerger,
     _connectivity,
     _plane_offsets,  # noqa: F401  (re-exported: kernels tests use it)
+    block_depth,
     label_to_store,
     plan_slab,
 )
@@ -659,7 +660,7 @@ def _morph(mask: Any, op: Callable[..., np.ndarray], structure: np.ndarray, iter
         raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
     if not _is_dask(mask):
         return op(np.asarray(mask, dtype=bool), structure=structure, iterations=int(iterations))
-    depth = {a: 2 * int(iterations) * (structure.shape[a] // 2) for a in range(3)}
+    depth = block_depth(mask.numblocks, [2 * int(iterations) * (structure.shape[a] // 2) for a in range(3)])
     return da.map_overlap(
         lambda b: op(b.astype(bool), structure=structure, iterations=int(iterations)),
         mask,

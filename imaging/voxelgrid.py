@@ -21,7 +21,7 @@ import numpy as np
 
 from imaging import kernels as K
 
-__all__ = ["sigma_voxels", "spacing3", "plan_slab", "label_to_store", "ComponentMerger"]
+__all__ = ["sigma_voxels", "spacing3", "plan_slab", "label_to_store", "ComponentMerger", "block_depth"]
 
 #: Memory assumed for the interpreter and libraries (~0.27 GiB measured with numpy/scipy/dask/numba/zarr
 #: imported) plus the store's codec buffers and thread arenas (~0.3 GiB measured with zarr 3, lz4 chunks of
@@ -326,3 +326,24 @@ def label_to_store(
         for f in [ex.submit(pass2, k) for k in range(len(bounds))]:
             f.result()
     return n_final
+
+
+def block_depth(numblocks: Sequence[int], depth: Sequence[int]) -> dict[int, int]:
+    """``map_overlap`` depth per axis, 0 along axes held in one block.
+
+    Where each block applies the operation's own border rule (``boundary="none"``, or
+    ``"periodic"`` for a wrapping rule), a block spanning a whole axis needs no neighbour data
+    along it: depth 0 gives the same values, and dask refuses a depth larger than the axis
+    (a one-slice volume with a depth-2 opening failed the pipeline).
+
+    Parameters
+    ----------
+    numblocks : sequence of int
+        Blocks per axis (``dask.array.Array.numblocks``).
+    depth : sequence of int
+        Voxels of overlap wanted per axis.
+    """
+    if len(numblocks) != len(depth):
+        raise ValueError(f"depth must give one value per axis ({len(numblocks)}), got {list(depth)!r}")
+    return {a: 0 if int(n) == 1 else int(d) for a, (n, d) in enumerate(zip(numblocks, depth, strict=True))}
+
