@@ -180,7 +180,7 @@ class PseudonymKeys:
     def date_shift_days(self, patient_id: str) -> int:
         """Deterministic per-patient date shift in days, within ``DATE_SHIFT_RANGE`` = [-365, -1]."""
         lo, hi = DATE_SHIFT_RANGE
-        n = int.from_bytes(self._mac("date-shift", str(patient_id).strip())[:8], "big")
+        n = int.from_bytes(self._mac("date-shift", canonical_original("patient", patient_id))[:8], "big")
         return lo + n % (hi - lo + 1)
 
     def new_uid(self, old_uid: str) -> str:

@@ -221,7 +221,6 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
     _STAGING.add(stage)
     try:
         yield stage
-        _STAGING.discard(stage)
         manifest = folder_manifest(stage)
         (stage / MANIFEST).write_text(canonical_json(manifest))
         if not inside_staging(final):
