@@ -75,23 +75,33 @@ DAMAGED_FRACTION = 0.10
 SOAK_KINDS = {k: w for k, w in fuzz.KINDS.items() if k != "deflate_bomb"}  # bombs: covered by the fuzz run
 
 
-def cpu_tree() -> tuple[float, float]:
-    """CPU seconds used so far: (this process, its live children and the children they and it reaped).
+def cpu_tree() -> tuple[float, float, float]:
+    """CPU seconds used so far: (this process, the collection's workers, Prefect's server).
 
-    The children are the collection's workers (reaped by the forkserver) and Prefect's server.
+    The workers count with the processes that reaped them (the forkserver, or this process); Prefect's
+    ephemeral server is told apart by its command line, so that a drift in CPU per file can be placed.
     """
     import psutil
 
     me = psutil.Process()
     t = me.cpu_times()
-    own, children = t.user + t.system, t.children_user + t.children_system
+    own, workers, server = t.user + t.system, t.children_user + t.children_system, 0.0
     for p in me.children(recursive=True):
         try:
             t = p.cpu_times()
-            children += t.user + t.system + t.children_user + t.children_system
+            used = t.user + t.system + t.children_user + t.children_system
+            if _is_prefect_server(p.cmdline()):
+                server += used
+            else:
+                workers += used
         except psutil.Error:
             pass
-    return own, children
+    return own, workers, server
+
+
+def _is_prefect_server(cmdline: list[str]) -> bool:
+    """Whether a command line is Prefect's ephemeral API server (uvicorn serving ``prefect.server``)."""
+    return any("uvicorn" in part or "prefect.server" in part for part in cmdline)
 
 
 def rss_tree() -> tuple[int, int]:
@@ -260,7 +270,8 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
         except Exception as exc:  # noqa: BLE001 - a failed run is a finding: recorded, the soak goes on
             summary, error = {}, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         seconds, cpu1 = time.monotonic() - t0, cpu_tree()
-        cpu_self, cpu_children = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        cpu_self, cpu_workers, cpu_server = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+        cpu_children = cpu_workers + cpu_server
         cpu_s = cpu_self + cpu_children
         left = leftovers(ws)
         shutil.rmtree(ws)
@@ -272,7 +283,8 @@ def run_soak(*, minutes: float, workers: int, out: pathlib.Path, patients_per_ru
                         "files": n_files,
                         "damaged": n_bad, "seconds": round(seconds, 2),
                         "cpu_seconds": round(cpu_s, 2), "cpu_self_seconds": round(cpu_self, 2),
-                        "cpu_children_seconds": round(cpu_children, 2), "loadavg_1min": round(os.getloadavg()[0], 2), "volumes": summary.get("volumes"),
+                        "cpu_children_seconds": round(cpu_children, 2), "cpu_workers_seconds": round(cpu_workers, 2),
+                        "cpu_server_seconds": round(cpu_server, 2), "loadavg_1min": round(os.getloadavg()[0], 2), "volumes": summary.get("volumes"),
                         "quarantined": summary.get("quarantined"), "rss_bytes": rss_self + rss_children,
                         "rss_self_bytes": rss_self, "rss_children_bytes": rss_children, "memory_mib": memory, "fds": len(fds),
                         "fd_kinds": dict(sorted(collections.Counter(map(fd_kind, fds.values())).items())),
@@ -369,7 +381,7 @@ def evaluate(samples: list[dict[str, Any]], *, minutes: float, warmup: int = 3) 
                                                         round(rate(late, "cpu_seconds"), 2)]
     res["throughput_cpu_ratio"] = (round(rate(late, "cpu_seconds") / rate(early, "cpu_seconds"), 3)
                                    if early and late else None)
-    for part in ("self", "children"):  # where CPU per file grows: this process, or the workers/Prefect's server
+    for part in ("self", "children", "workers", "server"):  # where CPU per file grows
         key = f"cpu_{part}_seconds"
         if all(key in s for s in early + late):
             res[f"cpu_{part}_ms_per_file_first_last"] = [
@@ -417,7 +429,9 @@ def report_lines(res: dict[str, Any]) -> list[str]:
         f"{res['throughput_last_files_per_s']} files/s ({res['throughput_runs_first_last'][1]} runs), ratio "
         f"{res['throughput_ratio']} (>= 0.9); per CPU second of the process tree "
         f"{res['throughput_cpu_first_last_files_per_cpu_s']} files/s, ratio {res['throughput_cpu_ratio']}; "
-        f"machine load average {res['loadavg_first_last_window']}",
+        f"machine load average {res['loadavg_first_last_window']}; CPU ms per file first/last window: "
+        + ", ".join(f"{part} {res[key]}" for part in ("self", "workers", "server")
+                    if (key := f"cpu_{part}_ms_per_file_first_last") in res),
     ]
     for extra in res["fds_above_baseline"][:5]:
         lines.append(f"        run {extra['run']} ({extra['kind']}): {extra['fds']} fds, new: {extra['new_targets'][:8]}")
