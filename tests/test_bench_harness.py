@@ -179,3 +179,11 @@ def test_cohort_without_data_skips_with_reason(tmp_path):
                           capture_output=True, text=True, cwd=str(bench_cohort.REPO), timeout=120)
     assert proc.returncode == _common.SKIP_EXIT
     assert "SKIPPED: cohort data not found" in proc.stdout
+
+
+def test_benchmarks_that_write_gibs_run_last():
+    names = run.discover()
+    assert set(run.RUN_LAST) <= set(names)  # the list names real modules
+    assert names[-len(run.RUN_LAST):] == sorted(run.RUN_LAST)
+    rest = names[:-len(run.RUN_LAST)]
+    assert rest == sorted(rest) and "bench_cohort" in rest
