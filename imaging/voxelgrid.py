@@ -346,4 +346,3 @@ def block_depth(numblocks: Sequence[int], depth: Sequence[int]) -> dict[int, int
     if len(numblocks) != len(depth):
         raise ValueError(f"depth must give one value per axis ({len(numblocks)}), got {list(depth)!r}")
     return {a: 0 if int(n) == 1 else int(d) for a, (n, d) in enumerate(zip(numblocks, depth, strict=True))}
-

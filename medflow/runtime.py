@@ -11,9 +11,9 @@ DEFAULTS = {
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_LOG_PRINTS": "false",
     # Prefect waits 20 s for its ephemeral API by default; the first start on a machine creates and migrates
-    # the SQLite database (measured 15-17 s of the first `medflow ingest` on an idle 2-core machine), so the
-    # first run failed with "Timed out while attempting to connect to ephemeral Prefect API server" whenever
-    # anything else used the machine (2 of 6 fresh-home runs while another job ran)
+    # the SQLite database (15-17 s of the first `medflow ingest` on an idle 2-core machine), and the first run
+    # failed with "Timed out while attempting to connect to ephemeral Prefect API server" in 3 of 14 runs on a
+    # fresh PREFECT_HOME
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
