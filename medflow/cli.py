@@ -75,6 +75,14 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     out.print(f"features: {pathlib.Path(summary['workspace']) / summary['features']}")
 
 
+def _start_collection_workers() -> None:
+    """Start the collection's worker server now: its imports overlap the configuration's and Prefect's start-up."""
+    from storage.workers import default_workers, worker_context
+
+    if default_workers() > 1:
+        worker_context()
+
+
 def _resolve_source(source: str | pathlib.Path, workspace: pathlib.Path) -> str:
     """A source folder (checked, made absolute) or a PACS URI (validated; messages never show its query)."""
     from storage.pacs.uri import PacsUriError, is_pacs_uri, parse_source
@@ -104,6 +112,7 @@ def run(source: Annotated[str, typer.Argument(help="Folder of DICOM files (any d
     from medflow.config import load_config
 
     source = _resolve_source(source, workspace)
+    _start_collection_workers()
     try:
         cfg = load_config(config, source=source, workspace=str(workspace.resolve()),
                           clinical=str(clinical.resolve()) if clinical else None)
@@ -139,6 +148,7 @@ def ingest(source: Annotated[str, typer.Argument(help="Folder of DICOM files, or
     from medflow.config import load_config
 
     source = _resolve_source(source, workspace)
+    _start_collection_workers()
     cfg = load_config(config, source=source, workspace=str(workspace.resolve()))
     t0 = time.perf_counter()
     try:

@@ -12,7 +12,7 @@ import pathlib
 from pydantic import BaseModel
 
 from medflow.config import CollectionConfig
-from storage.workspace import ArtifactRef, atomic_folder, canonical_json, sha256_bytes, sha256_file
+from storage.workspace import ArtifactRef, atomic_folder, canonical_json, sha256_bytes
 from tasks.common import Step, stage_task, write_json
 
 
@@ -44,12 +44,29 @@ def source_fingerprint(source: str | pathlib.Path) -> ArtifactRef:
     Renaming, moving or re-nesting files leaves it unchanged; changing any byte changes it.
     The reference's ``uri`` is empty on purpose: the source's location never enters a key.
     """
+    from storage.dicom.scan import file_digest, iter_files
+
     root = pathlib.Path(source)
     if not root.is_dir():
         raise FileNotFoundError(f"source folder does not exist: {root}")
-    digests = sorted(sha256_file(p) for p in root.rglob("*") if p.is_file())
+    # the files collection reads (symbolic links to folders are not followed); the digests are remembered
+    # by this process, so the collection's partition does not hash the same files again
+    digests = sorted(file_digest(p) for p in iter_files(root))
     digest = "sha256:" + sha256_bytes(canonical_json(digests).encode())
     return ArtifactRef(kind="dicom-source", uri="", digest=digest, meta={"n_files": len(digests)})
+
+
+def start_collection_workers() -> None:
+    """Start the collection's unit worker server now (it imports in the background; a no-op once running).
+
+    Called early (by the CLI before Prefect starts, by the flows before the source fingerprint) so that
+    the ~1.5 s the server spends importing the conversion code overlaps other work instead of delaying
+    the first unit. Nothing starts when collection runs in one process (one core).
+    """
+    from storage.workers import default_workers, worker_context
+
+    if default_workers() > 1:
+        worker_context()
 
 
 @stage_task("collection", "collect")
@@ -61,10 +78,7 @@ def collect(workspace: str, source: str, content: ArtifactRef, params: Collectio
     path); ``key_id`` identifies the pseudonymisation secret (a different secret means
     different pseudonyms, so a different key).
     """
-    from storage.workers import default_workers, worker_context
-
-    if default_workers() > 1:  # the unit workers' server imports while this process imports and partitions
-        worker_context()
+    start_collection_workers()  # (running already when the flow started it) imports while this process partitions
     from storage.collect import collect_into
     from storage.pseudonym import PseudonymKeys
     from tasks.common import sub_ref

@@ -241,3 +241,26 @@ def test_module_is_pure():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not names & {"pydicom", "prefect", "zarr", "nibabel", "nrrd", "storage"}
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8, np.bool_, np.int32, np.float32])
+@pytest.mark.parametrize("shape", [(40, 64, 64), (5, 3, 3), (3, 2, 9), (2, 300, 200)])
+def test_noise_sigma_integer_path_equals_the_float_convolution(dtype, shape):
+    """Integer volumes take an exact integer path: it must equal scipy's float convolution bit for bit."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng([int(x) for x in shape] + [np.dtype(dtype).num])
+    if dtype is np.bool_:
+        vol = rng.random(shape) > 0.5
+    elif np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)  # the full range: the largest responses must not overflow
+        vol = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    else:
+        vol = rng.normal(0, 100, shape).astype(dtype)
+    sigmas = []
+    for s in qc._sample_slices(vol, 32):  # the oracle: the Immerkær kernel by scipy.ndimage.convolve in float64
+        if min(s.shape) < 3:
+            continue
+        r = ndimage.convolve(np.asarray(s, dtype=np.float64), qc._IMMERKAER, mode="reflect")[1:-1, 1:-1]
+        sigmas.append(qc._MAD_TO_SIGMA * float(np.median(np.abs(r[np.isfinite(r)]))) / 6.0)
+    assert noise_sigma(vol) == (float(np.median(sigmas)) if sigmas else 0.0)

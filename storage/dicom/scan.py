@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, ObjectKind, Rejection
 
-__all__ = ["classify", "is_probably_dicom", "iter_files", "read_header", "scan", "sha256_file"]
+__all__ = ["classify", "file_digest", "is_probably_dicom", "iter_files", "known_digest", "read_header", "remember_digest",
+           "scan", "sha256_file"]
 
 # SOP Class UIDs (PS3.4 Annex B.5) of objects that are not images to stack.
 _RTSTRUCT = {"1.2.840.10008.5.1.4.1.1.481.3"}
@@ -50,7 +51,10 @@ _CHUNK = 1 << 20
 def iter_files(root: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
     """Every regular file below ``root`` at any depth, with any name, in a stable order.
 
-    Symbolic links to directories are not followed (no cycles); hidden files are included.
+    A folder's files (sorted by name) come before its subfolders (sorted, each walked the same
+    way), as :func:`os.walk` orders them top-down. Symbolic links to directories are not followed
+    (no cycles); symbolic links to files and hidden files are included. Entries are typed from
+    :func:`os.scandir` (no ``stat`` per file where the file system reports the type).
 
     Raises
     ------
@@ -60,15 +64,27 @@ def iter_files(root: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
     root_p = pathlib.Path(root)
     if not root_p.is_dir():
         raise NotADirectoryError(f"root must be a directory, got {str(root)!r}")
-    for dirpath, dirnames, filenames in os.walk(root_p, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = pathlib.Path(dirpath) / name
-            try:
-                if p.is_file():
-                    yield p
-            except OSError:  # pragma: no cover - unreadable entry
-                continue
+    yield from _walk_files(root_p)
+
+
+def _walk_files(folder: pathlib.Path) -> Iterator[pathlib.Path]:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:  # pragma: no cover - unreadable folder (os.walk skips it too)
+        return
+    subfolders = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    subfolders.append(entry.name)
+            elif entry.is_file():
+                yield folder / entry.name
+        except OSError:  # pragma: no cover - unreadable entry
+            continue
+    for name in subfolders:
+        yield from _walk_files(folder / name)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -78,6 +94,50 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+# (path, device, inode, size, mtime ns, ctime ns) -> hex SHA-256, for this process only
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+_DIGESTS_MAX = 1 << 20
+#: A file changed less than this long before it was hashed is never remembered ("racy git": file
+#: times have the kernel's coarse clock, so a same-size rewrite within one tick keeps them).
+_RACY_SECONDS = 2.0
+
+
+def _stat_key(path: str | os.PathLike[str], st: os.stat_result) -> tuple[str, int, int, int, int, int]:
+    return (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_file`, remembered for this process while the file's identity, size and times stay.
+
+    A file whose modification or status-change time is within :data:`_RACY_SECONDS` of the
+    moment it is hashed is hashed again every time (it may still be being written).
+    """
+    st = os.stat(path)
+    key = _stat_key(path, st)
+    hit = _DIGESTS.get(key)
+    if hit is not None:
+        return hit
+    digest = sha256_file(path)
+    remember_digest(path, st, digest)
+    return digest
+
+
+def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: str) -> None:
+    """Record ``digest`` for ``path`` as it was when ``st`` was taken (ignored for a racily young file)."""
+    import time
+
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_SECONDS * 1e9:
+        return
+    if len(_DIGESTS) >= _DIGESTS_MAX:
+        _DIGESTS.clear()
+    _DIGESTS[_stat_key(path, st)] = digest
+
+
+def known_digest(path: str | os.PathLike[str], st: os.stat_result) -> str | None:
+    """The remembered digest of ``path`` for the stat ``st``, or None."""
+    return _DIGESTS.get(_stat_key(path, st))
 
 
 def is_probably_dicom(path: str | os.PathLike[str]) -> bool:

@@ -22,7 +22,7 @@ import pathlib
 import struct
 
 from storage.dicom.guard.common import _silenced
-from storage.dicom.scan import sha256_file
+from storage.dicom.scan import known_digest, sha256_file
 
 __all__ = ["patient_of", "partition"]
 
@@ -35,6 +35,7 @@ _IMPLICIT_LE = b"1.2.840.10008.1.2\x00"
 _UNPARSED = "\x00unparsed"
 _WHOLE_FILE_BYTES = 64 << 20
 _HEAD_BYTES = 1 << 20
+_PEEK_BYTES = 64 << 10  # enough for the header up to PatientID in all but odd files
 
 
 def _walk_to_patient_id(data: bytes, pos: int, *, implicit: bool) -> str | None:
@@ -71,13 +72,18 @@ def _walk_to_patient_id(data: bytes, pos: int, *, implicit: bool) -> str | None:
     return None
 
 
-def patient_of(data: bytes) -> str | None:
-    """The PatientID of a DICOM file's bytes (``""`` when absent), or None when it cannot be told cheaply."""
+def patient_of(data: bytes, *, partial: bool = False) -> str | None:
+    """The PatientID of a DICOM file's bytes (``""`` when absent), or None when it cannot be told cheaply.
+
+    ``partial``: ``data`` is the file's first bytes only; the answer is then given only when the
+    element walk reaches PatientID (or an element past it) inside ``data``, never by pydicom.
+    """
     head = data[:1024]
     if _DEFLATED in head:
         return None  # inflating is the guard's job (capped), not the grouping's
+    fallback = (lambda _data: None) if partial else _pydicom_patient
     if _EXPLICIT_BE in head:
-        return _pydicom_patient(data)
+        return fallback(data)
     if len(data) >= 132 and data[128:132] == b"DICM":
         pos = 132
         # File Meta (explicit VR LE); its length is in (0002,0000)
@@ -85,7 +91,7 @@ def patient_of(data: bytes) -> str | None:
             meta_len = struct.unpack_from("<L", data, pos + 8)[0]
             pos = pos + 12 + meta_len
         else:
-            return _pydicom_patient(data)
+            return fallback(data)
         implicit = _IMPLICIT_LE in data[132:pos]
     else:
         pos = 0
@@ -95,7 +101,7 @@ def patient_of(data: bytes) -> str | None:
         found = _walk_to_patient_id(data, pos, implicit=implicit)
     except struct.error:
         found = None
-    return found if found is not None else _pydicom_patient(data)
+    return found if found is not None else fallback(data)
 
 
 def _pydicom_patient(data: bytes) -> str | None:
@@ -125,18 +131,26 @@ def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, 
     unreadable: list[pathlib.Path] = []
     for p in paths:
         try:
-            if p.stat().st_size > _WHOLE_FILE_BYTES:  # large: stream the digest, look at the head only
-                digest = sha256_file(p)
+            st = p.stat()
+            digest = known_digest(p, st)  # hashed moments ago by the source fingerprint
+            pid = None
+            if digest is not None:
                 with open(p, "rb") as fh:
-                    data = fh.read(_HEAD_BYTES)
+                    pid = patient_of(fh.read(_PEEK_BYTES), partial=True)
+            if pid is not None:
+                pass
+            elif st.st_size > _WHOLE_FILE_BYTES:  # large: stream the digest, look at the head only
+                digest = digest or sha256_file(p)
+                with open(p, "rb") as fh:
+                    pid = patient_of(fh.read(_HEAD_BYTES))
             else:
                 with open(p, "rb") as fh:
                     data = fh.read()
-                digest = hashlib.sha256(data).hexdigest()
+                digest = digest or hashlib.sha256(data).hexdigest()
+                pid = patient_of(data)
         except OSError:
             unreadable.append(p)
             continue
-        pid = patient_of(data)
         groups.setdefault(_UNPARSED if pid is None else pid, []).append((p, digest))
     units = [sorted(files, key=lambda f: str(f[0])) for files in groups.values()]
     units.sort(key=lambda files: min(sha for _p, sha in files))

@@ -1,0 +1,84 @@
+"""The source walk and its remembered digests: same files and order as os.walk, never a stale digest.
+
+The source fingerprint hashes every file; the collection's partition then reuses those digests
+(``storage.dicom.scan.known_digest``) and reads only the first 64 KiB of each file for its PatientID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import time
+
+import pytest
+
+from storage.dicom import scan
+from storage.dicom.scan import file_digest, iter_files, known_digest
+from storage.dicom.units import partition, patient_of
+
+
+def _os_walk_files(root: pathlib.Path) -> list[pathlib.Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        out += [pathlib.Path(dirpath) / n for n in sorted(filenames) if (pathlib.Path(dirpath) / n).is_file()]
+    return out
+
+
+def test_iter_files_lists_what_os_walk_lists_in_the_same_order(tmp_path):
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    for rel in ("z.dcm", "a/2", "a/1", "b/.hidden", "b/c/x", "b/y"):
+        (tmp_path / rel).write_bytes(rel.encode())
+    (tmp_path / "b" / "link-to-file").symlink_to(tmp_path / "z.dcm")
+    (tmp_path / "b" / "link-to-dir").symlink_to(tmp_path / "a", target_is_directory=True)  # not followed
+    (tmp_path / "broken").symlink_to(tmp_path / "missing")
+    got = list(iter_files(tmp_path))
+    assert got == _os_walk_files(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in got] == [
+        "z.dcm", "a/1", "a/2", "b/.hidden", "b/link-to-file", "b/y", "b/c/x"]
+    with pytest.raises(NotADirectoryError, match="root must be a directory"):
+        list(iter_files(tmp_path / "z.dcm"))
+
+
+def test_file_digest_is_remembered_only_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan, "_RACY_SECONDS", 0.0)  # a file's ctime cannot be set back: take new files as settled
+    p = tmp_path / "f"
+    p.write_bytes(b"one")
+    assert file_digest(p) == hashlib.sha256(b"one").hexdigest()
+    assert known_digest(p, p.stat()) == hashlib.sha256(b"one").hexdigest()
+    time.sleep(0.01)  # past the file system's clock tick
+    p.write_bytes(b"two")  # same size, new content: its times change, the remembered digest no longer applies
+    assert known_digest(p, p.stat()) is None
+    assert file_digest(p) == hashlib.sha256(b"two").hexdigest()
+
+
+def test_a_file_written_moments_ago_is_never_remembered(tmp_path):
+    p = tmp_path / "young"
+    p.write_bytes(b"abc")  # may be rewritten within the file system's clock tick: hashed every time
+    assert file_digest(p) == hashlib.sha256(b"abc").hexdigest()
+    assert known_digest(p, p.stat()) is None
+    os.utime(p, (time.time() - 3600,) * 2)  # utime sets ctime to now: still young
+    assert file_digest(p) and known_digest(p, p.stat()) is None
+
+
+def test_partition_with_remembered_digests_equals_partition_without(shared_data, tmp_path, monkeypatch):
+    src = shared_data / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom"
+    paths = sorted(iter_files(src))
+    monkeypatch.setattr(scan, "_DIGESTS", {})
+    cold = partition(paths)  # nothing remembered: every file read and hashed
+    for p in paths:
+        scan.remember_digest(p, os.stat(p), hashlib.sha256(p.read_bytes()).hexdigest())  # as the fingerprint does
+    assert all(known_digest(p, os.stat(p)) for p in paths)
+    warm = partition(paths)  # first 64 KiB only
+    assert warm == cold and len(cold[0]) > 1
+
+
+def test_patient_of_a_partial_read_answers_only_when_it_is_sure(shared_data):
+    f = next((shared_data / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom" / "STS_008" / "CT" / "image").glob("*.dcm"))
+    data = f.read_bytes()
+    pid = patient_of(data)
+    assert pid and patient_of(data[:65536], partial=True) == pid
+    # cut inside the header before PatientID: not known from this much, and no pydicom guess either
+    assert patient_of(data[:300], partial=True) is None
