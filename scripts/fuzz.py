@@ -422,6 +422,16 @@ def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.
     import inspect
 
     extra = {"workers": 1} if "workers" in inspect.signature(collect_into).parameters else {}
+    remembered = None
+    try:  # as the flows do: the source fingerprint first, whose digests the partition then reuses
+        from storage.dicom.scan import iter_files, known_digest
+        from tasks.collection import source_fingerprint
+
+        source_fingerprint(source)
+        files = list(iter_files(source))
+        remembered = [sum(known_digest(f, f.stat()) is not None for f in files), len(files)]
+    except ImportError:  # an older checkout
+        pass
     summary = collect_into(source, folder, config=cfg, keys=keys, workspace=ws.root, run_id="fuzz", **extra)
     seconds = time.perf_counter() - t0
     vols = []
@@ -439,7 +449,7 @@ def ingest_child(source: pathlib.Path, workspace: pathlib.Path, report: pathlib.
                       "digest": hashlib.sha256(np.packbits(arr).tobytes() + str(arr.shape).encode()).hexdigest()})
     report.write_text(json.dumps({"volumes": vols, "masks": masks, "rejections": summary.rejections,
                                   "routed": summary.routed, "n_files": summary.n_files, "seconds": seconds,
-                                  "probe_seconds": probe_times}))
+                                  "probe_seconds": probe_times, "remembered_digests": remembered}))
 
 
 def run_child(source: pathlib.Path, workspace: pathlib.Path, *, probe: list[str], timeout_s: float,
@@ -588,6 +598,7 @@ def check(plan: dict[str, Any], clean: dict[str, Any], fuzz: dict[str, Any], bat
         s["crash_stderr_tail"] = fuzz["stderr_tail"]
     probe = fuzz.get("probe_seconds", {})
     s["max_file_inspect_seconds"] = round(max(probe.values(), default=0.0), 3)
+    s["partition_remembered_digests"] = fuzz.get("remembered_digests")  # [reused by the partition, files]
     s["slow_files"] = sorted(k for k, v in probe.items() if v > FILE_TIME_LIMIT_S)
     if s["crashes"] or s["hangs"]:
         s["ok"] = False
