@@ -30,8 +30,10 @@ Pieces (``--only`` takes a comma-separated subset; default all, in this order):
     ``medflow run`` with the defaults, cold, on the first 5 patients: the peak RSS for
     the memory-growth ratio.
 
-Every tool is measured the same way: one run per measurement (``--repeat`` more on
-request), as a subprocess whose process tree (parent + all children: joblib workers,
+Every tool is measured the same way: the collection rows (dcm2niix -z n, -z y, ``medflow
+ingest``) ``--repeat`` times each (default 3), round-robin so that a drift of the machine's
+speed touches every tool alike, each figure the median run (all values are kept); the
+``medflow run`` and MIRP rows once each (minutes per run), each as a subprocess whose process tree (parent + all children: joblib workers,
 Prefect's server) is sampled for peak RSS every 0.1 s. For ``medflow run`` the stage
 breakdown comes from the run's Prefect database (a private ``PREFECT_HOME``): task
 bodies per task name, the flow's wall time, and orchestration = flow wall time minus
@@ -257,6 +259,20 @@ def medflow_reference_config() -> dict[str, Any]:
             "analysis": {"include_auto_masks": False, "settings": settings}}
 
 
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median of ``runs`` (the lower middle one for an even count), with every value.
+
+    A whole run is returned (not a mean of fields), so its figures stay consistent with each other.
+    """
+    valid = [r for r in runs if r.get(key) is not None]
+    if not valid:
+        return dict(runs[-1]) if runs else {}
+    ordered = sorted(valid, key=lambda r: r[key])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out.update(runs_of=len(valid), median_of=out[key], all=[r[key] for r in valid])
+    return out
+
+
 def dcm2niix(source: pathlib.Path, out: pathlib.Path, gz: bool) -> dict[str, Any]:
     exe = shutil.which("dcm2niix")
     if exe is None:
@@ -391,9 +407,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="MIRP runs on the first K patients (3 ROIs each); 0 = all. Compared per ROI.")
     ap.add_argument("--mirp-cpus", type=int, default=2)
     ap.add_argument("--workdir", type=pathlib.Path, default=None, help="parent of the temporary folder")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each collection tool (dcm2niix -z n/-z y, medflow ingest), round-robin; medians")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (copies, workspaces)")
     ap.add_argument("--no-write", action="store_true", help="do not merge rows into bench/results.json")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     pieces = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(pieces) - set(PIECES))
     if unknown:
@@ -429,30 +449,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res.setdefault(name, {})["failed"] = failures[name]
                 print(f"{name} FAILED: {failures[name]}", flush=True)
 
-        if "dcm2niix" in pieces:
-            with guard("dcm2niix"):
-                try:
-                    d = {}
-                    for gz in (False, True):
-                        r = dcm2niix(full, root / f"dcm2niix-{'zy' if gz else 'zn'}", gz)
-                        r["files_per_s"] = round(res["dicom_files"] / r["seconds"], 1)
-                        d["z_y" if gz else "z_n"] = r
-                        print(f"dcm2niix -z {'y' if gz else 'n'}: {r['seconds']:.2f} s, {r['files_per_s']:.0f} files/s, "
-                              f"{r['outputs']} NIfTI", flush=True)
-                    res["dcm2niix"] = d
-                except FileNotFoundError as exc:  # not installed: skipped with the reason (a crash is a failure)
-                    res["dcm2niix"] = {"skipped": str(exc)}
-                    print(f"dcm2niix skipped: {exc}", flush=True)
-
-        if "collect" in pieces:
-            with guard("collect"):
-                r = mf("ingest", full, root / "ws-ingest")
-                wall = r["flow"].get("flow_wall_s")
-                r["files_per_s_process"] = round(res["dicom_files"] / r["seconds"], 1)
-                r["files_per_s_flow"] = round(res["dicom_files"] / wall, 1) if wall else None
-                res["collect"] = r
-                print(f"medflow ingest: {r['seconds']:.1f} s process ({r['files_per_s_process']:.0f} files/s), "
-                      f"flow {wall} s ({r['files_per_s_flow']} files/s); volumes {r.get('volumes')}", flush=True)
+        # the collection rows: every tool run --repeat times, round-robin (a drift of the machine's speed
+        # touches all of them alike), each figure the median of its runs; every run is kept in the results
+        zn_runs: list[dict[str, Any]] = []
+        zy_runs: list[dict[str, Any]] = []
+        ingest_runs: list[dict[str, Any]] = []
+        for k in range(args.repeat if {"dcm2niix", "collect"} & set(pieces) else 0):
+            if "dcm2niix" in pieces and "dcm2niix" not in failures and "skipped" not in res.get("dcm2niix", {}):
+                with guard("dcm2niix"):
+                    try:
+                        for gz, runs in ((False, zn_runs), (True, zy_runs)):
+                            r = dcm2niix(full, root / f"dcm2niix-{'zy' if gz else 'zn'}", gz)
+                            r["files_per_s"] = round(res["dicom_files"] / r["seconds"], 1)
+                            runs.append(r)
+                            print(f"[{k + 1}/{args.repeat}] dcm2niix -z {'y' if gz else 'n'}: {r['seconds']:.2f} s, "
+                                  f"{r['files_per_s']:.0f} files/s, {r['outputs']} NIfTI", flush=True)
+                        res["dcm2niix"] = {"z_n": median_run(zn_runs, "seconds"),
+                                           "z_y": median_run(zy_runs, "seconds")}
+                    except FileNotFoundError as exc:  # not installed: skipped with the reason (a crash is a failure)
+                        res["dcm2niix"] = {"skipped": str(exc)}
+                        print(f"dcm2niix skipped: {exc}", flush=True)
+            if "collect" in pieces and "collect" not in failures:
+                with guard("collect"):
+                    ws = root / "ws-ingest"
+                    if ws.exists():
+                        shutil.rmtree(ws)  # every run cold
+                    r = mf("ingest", full, ws)
+                    wall = r["flow"].get("flow_wall_s")
+                    r["flow_wall_s"] = wall
+                    r["files_per_s_process"] = round(res["dicom_files"] / r["seconds"], 1)
+                    r["files_per_s_flow"] = round(res["dicom_files"] / wall, 1) if wall else None
+                    ingest_runs.append(r)
+                    res["collect"] = median_run(ingest_runs, "flow_wall_s")
+                    print(f"[{k + 1}/{args.repeat}] medflow ingest: {r['seconds']:.1f} s process "
+                          f"({r['files_per_s_process']:.0f} files/s), flow {wall} s ({r['files_per_s_flow']} files/s); "
+                          f"volumes {r.get('volumes')}", flush=True)
+        for name, label, key in (("dcm2niix", "dcm2niix -z n", "z_n"), ("dcm2niix", "dcm2niix -z y", "z_y"),
+                                 ("collect", "medflow ingest (flow)", None)):
+            row = res.get(name, {}).get(key) if key else res.get(name)
+            if row and row.get("runs_of") and row["runs_of"] > 1:
+                print(f"median of {row['runs_of']} runs, {label}: {row['median_of']} s (all: {row['all']})", flush=True)
 
         if "mirp" in pieces:
             with guard("mirp"):
@@ -553,7 +589,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "limit": t["limit"], "status": t["status"], "detail": t["detail"]} for t in res["targets"]]
             rows.append({"operation": f"cohort_{len(patients)}p_measurements", "tool": "all", "result": res})
             merge_results(rows, benchmark="bench_cohort",
-                          run_facts={"policy": "one run per measurement, subprocess, page cache warmed by the copy",
+                          run_facts={"policy": f"collection rows: median of {args.repeat} round-robin runs per tool; "
+                                               "medflow run / MIRP rows: one run each; subprocess, page cache warmed by "
+                                               "the copy",
                                      "machine_at_start": machine_facts()})
             print("\nmerged into bench/results.json")
         if failures:

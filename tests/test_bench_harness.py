@@ -187,3 +187,21 @@ def test_benchmarks_that_write_gibs_run_last():
     assert names[-len(run.RUN_LAST):] == sorted(run.RUN_LAST)
     rest = names[:-len(run.RUN_LAST)]
     assert rest == sorted(rest) and "bench_cohort" in rest
+
+
+def test_median_run_keeps_a_whole_run_and_every_value():
+    runs = [{"seconds": 3.0, "files_per_s": 10.0}, {"seconds": 1.0, "files_per_s": 30.0},
+            {"seconds": 2.0, "files_per_s": 15.0}]
+    m = bench_cohort.median_run(runs, "seconds")
+    assert (m["seconds"], m["files_per_s"]) == (2.0, 15.0)  # the median run's own figures, not mixed
+    assert m["runs_of"] == 3 and m["median_of"] == 2.0 and m["all"] == [3.0, 1.0, 2.0]
+    even = bench_cohort.median_run(runs[:2], "seconds")
+    assert even["seconds"] == 1.0  # the lower middle of an even count: never an unmeasured mean
+    # runs without the key (a flow whose wall time was not found) do not count
+    assert bench_cohort.median_run([{"x": None}, {"x": 4.0}], "x")["all"] == [4.0]
+    assert bench_cohort.median_run([], "x") == {}
+
+
+def test_cohort_rejects_a_repeat_below_one(tmp_path):
+    with pytest.raises(SystemExit, match="--repeat must be >= 1, got 0"):
+        bench_cohort.main(["--repeat", "0", "--data", str(tmp_path), "--no-write"])

@@ -8,7 +8,9 @@ change are cache hits (see :mod:`storage.collect`).
 
 The look is cheap on purpose: the file's bytes (read for its content digest anyway) and
 the PatientID (0010,0020) found by walking the top-level elements of groups 0002-0010
-(:func:`patient_of`). Files that cannot be looked at this way (deflated, big endian,
+(:func:`patient_of`). When this process hashed the file moments ago (the flows' source
+fingerprint, :func:`storage.dicom.scan.file_digest`) and it has not changed since, that
+digest is reused and only the first 64 KiB are read. Files that cannot be looked at this way (deflated, big endian,
 undefined-length sequences early in the header, damaged) fall back to a pydicom read
 stopped after group 0010, and, failing that, go to one shared unit of their own, where the
 full read gives its verdict (guard, quarantine). Grouping never rejects a file.
