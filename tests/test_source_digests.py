@@ -7,6 +7,7 @@ The source fingerprint hashes every file; the collection's partition then reuses
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import time
@@ -73,6 +74,25 @@ def test_partition_with_remembered_digests_equals_partition_without(shared_data,
     assert all(known_digest(p, os.stat(p)) for p in paths)
     warm = partition(paths)  # first 64 KiB only
     assert warm == cold and len(cold[0]) > 1
+    assert scan._DIGESTS == {}  # each digest taken by the partition that used it: nothing accumulates
+
+
+def test_the_fingerprint_keeps_only_its_own_source(tmp_path, monkeypatch):
+    from tasks.collection import source_fingerprint
+
+    monkeypatch.setattr(scan, "_RACY_SECONDS", 0.0)
+    monkeypatch.setattr(scan, "_DIGESTS", {})
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            (tmp_path / name / f"{i}.dcm").write_bytes(f"{name}{i}".encode())
+    first = source_fingerprint(tmp_path / "a")
+    assert len(scan._DIGESTS) == 3
+    source_fingerprint(tmp_path / "b")
+    assert sorted(k[0] for k in scan._DIGESTS) == [str(tmp_path / "b" / f"{i}.dcm") for i in range(3)]
+    # names ignored, content counts; the digest is that of the sorted file digests, as before
+    assert first.digest == "sha256:" + hashlib.sha256(json.dumps(sorted(
+        hashlib.sha256(f"a{i}".encode()).hexdigest() for i in range(3)), separators=(",", ":")).encode()).hexdigest()
 
 
 def test_patient_of_a_partial_read_answers_only_when_it_is_sure(shared_data):

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, ObjectKind, Rejection
 
-__all__ = ["classify", "file_digest", "is_probably_dicom", "iter_files", "known_digest", "read_header", "remember_digest",
-           "scan", "sha256_file"]
+__all__ = ["classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
+           "remember_digest", "scan", "sha256_file", "take_digest"]
 
 # SOP Class UIDs (PS3.4 Annex B.5) of objects that are not images to stack.
 _RTSTRUCT = {"1.2.840.10008.5.1.4.1.1.481.3"}
@@ -96,9 +96,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-# (path, device, inode, size, mtime ns, ctime ns) -> hex SHA-256, for this process only
+# (path, device, inode, size, mtime ns, ctime ns) -> hex SHA-256, for this process only: the files of the
+# source fingerprinted last (forget_digests() at each fingerprint), each taken out by the partition that uses it
 _DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
-_DIGESTS_MAX = 1 << 20
+_DIGESTS_MAX = 1 << 18
 #: A file changed less than this long before it was hashed is never remembered ("racy git": file
 #: times have the kernel's coarse clock, so a same-size rewrite within one tick keeps them).
 _RACY_SECONDS = 2.0
@@ -138,6 +139,16 @@ def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: st
 def known_digest(path: str | os.PathLike[str], st: os.stat_result) -> str | None:
     """The remembered digest of ``path`` for the stat ``st``, or None."""
     return _DIGESTS.get(_stat_key(path, st))
+
+
+def take_digest(path: str | os.PathLike[str], st: os.stat_result) -> str | None:
+    """:func:`known_digest`, forgotten as it is handed out (memory stays bounded by one source)."""
+    return _DIGESTS.pop(_stat_key(path, st), None)
+
+
+def forget_digests() -> None:
+    """Forget every remembered digest (a new source is about to be fingerprinted)."""
+    _DIGESTS.clear()
 
 
 def is_probably_dicom(path: str | os.PathLike[str]) -> bool:

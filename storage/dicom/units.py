@@ -24,7 +24,7 @@ import pathlib
 import struct
 
 from storage.dicom.guard.common import _silenced
-from storage.dicom.scan import known_digest, sha256_file
+from storage.dicom.scan import sha256_file, take_digest
 
 __all__ = ["patient_of", "partition"]
 
@@ -134,7 +134,7 @@ def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, 
     for p in paths:
         try:
             st = p.stat()
-            digest = known_digest(p, st)  # hashed moments ago by the source fingerprint
+            digest = take_digest(p, st)  # hashed moments ago by the source fingerprint
             pid = None
             if digest is not None:
                 with open(p, "rb") as fh:
