@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from storage.deid.vocabulary import clean_text
 from storage.dicom import collect_files
 from storage.dicom.bugs import IngestBugError
 from storage.dicom.guard import GuardLimits
@@ -42,6 +41,8 @@ UNIT_SUMMARY = "unit.json"
 
 def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The converter's meta with free-text values cleaned; values that clean to nothing are dropped."""
+    from storage.deid.vocabulary import clean_text  # (pydicom: loaded by the unit workers, not by the flow)
+
     out = dict(meta)
     for key in FREE_TEXT_KEYS:
         value = out.pop(key, None)
@@ -54,6 +55,8 @@ def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def clean_roi_name(name: str, index: int) -> str:
     """ROI names are free text (LO): keep them only as far as the safe vocabulary allows."""
+    from storage.deid.vocabulary import clean_text
+
     cleaned = _SAFE_ROI.sub("_", clean_text(name or ""))[:64].strip("_")
     return cleaned or f"roi{index}"
 
