@@ -15,7 +15,7 @@ def _reference(r, c, shape):
     return ref
 
 
-@pytest.mark.parametrize("mode", range(5))
+@pytest.mark.parametrize("mode", range(6))
 def test_fill_polygon_matches_skimage_pixel_for_pixel(mode):
     rng = np.random.default_rng(100 + mode)
     for _ in range(300):
@@ -31,6 +31,9 @@ def test_fill_polygon_matches_skimage_pixel_for_pixel(mode):
             jitter = [-1e-13, 0.0, 1e-13, 1e-10]
             r = rng.integers(-3, shape[0] + 3, n) + rng.choice(jitter, n)
             c = rng.integers(-3, shape[1] + 3, n) + rng.choice(jitter, n)
+        elif mode == 5:  # long edges over many rows, vertices far outside the image (few candidate rows kept)
+            r = rng.choice([-1e6, -40.5, 0.0, shape[0] / 3, shape[0] - 1.0, 1e6 + 0.5], n) + rng.uniform(-1, 1, n)
+            c = rng.uniform(-2 * shape[1], 3 * shape[1], n)
         else:  # smooth closed contours like real delineations
             a = np.sort(rng.uniform(0, 2 * np.pi, n))
             rad = rng.uniform(2, 20)

@@ -161,26 +161,21 @@ def fill_polygon(r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.nda
         return out
     xp, yp = c, r
     xq, yq = np.roll(xp, 1), np.roll(yp, 1)  # the previous vertex of each edge (wrapping)
-    ys = np.arange(r0, r1 + 1, dtype=np.float64)[:, None]
-    y0 = yp[None, :] - ys  # (rows, edges)
-    y1 = yq[None, :] - ys
-    rstrad = (y0 > 0) != (y1 > 0)
-    lstrad = (y0 < 0) != (y1 < 0)
-    ri, ei = np.nonzero(rstrad | lstrad)
+    ri, ei, y0, y1, rstrad, lstrad = _straddling(yp, yq, r0, r1)
     n_rows, n_cols = r1 - r0 + 1, c1 - c0 + 1
     odd = np.zeros((n_rows, n_cols), dtype=bool)
     if ri.size:
         xs = np.arange(c0, c1 + 1, dtype=np.float64)[None, :]
         x0 = xp[ei][:, None] - xs  # (crossings, columns)
         x1 = xq[ei][:, None] - xs
-        a0 = y0[ri, ei][:, None]
-        a1 = y1[ri, ei][:, None]
+        a0 = y0[:, None]
+        a1 = y1[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             xx = (x0 * a1 - x1 * a0) / (a1 - a0)
         # parity of the crossings per row: XOR-reduce the (sorted-by-row) crossings of each row
         rows_hit, starts = np.unique(ri, return_index=True)
-        right = np.bitwise_xor.reduceat(rstrad[ri, ei][:, None] & (xx > 0), starts, axis=0)
-        left = np.bitwise_xor.reduceat(lstrad[ri, ei][:, None] & (xx < 0), starts, axis=0)
+        right = np.bitwise_xor.reduceat(rstrad[:, None] & (xx > 0), starts, axis=0)
+        left = np.bitwise_xor.reduceat(lstrad[:, None] & (xx < 0), starts, axis=0)
         odd[rows_hit] = right | left  # inside (right odd) or on an edge (parities differ)
     out[r0:r1 + 1, c0:c1 + 1] = odd
     # vertices (within 1e-12 of a pixel centre) are drawn whatever the crossings say
@@ -190,6 +185,33 @@ def fill_polygon(r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.nda
            & (vr >= r0) & (vr <= r1) & (vc >= c0) & (vc <= c1))
     out[vr[hit].astype(np.int64), vc[hit].astype(np.int64)] = True
     return out
+
+
+def _straddling(yp: np.ndarray, yq: np.ndarray, r0: int, r1: int):
+    """The (row, edge) pairs whose edge straddles the row's centre line, in row-major order.
+
+    What ``np.nonzero(rstrad | lstrad)`` gives over the full ``(rows, edges)`` matrices with
+    ``y0 = yp - row``, ``y1 = yq - row``, ``rstrad = (y0 > 0) != (y1 > 0)`` and
+    ``lstrad = (y0 < 0) != (y1 < 0)``, with those values at the pairs, from the rows near each edge
+    only: an edge can straddle only rows in ``[floor(min(yp, yq)), ceil(max(yp, yq))]`` (a float
+    difference of two distinct doubles has the exact sign), so the work is O(edges + crossings)
+    instead of O(rows x edges). Row indices are relative to ``r0``.
+    """
+    lo = np.maximum(np.floor(np.minimum(yp, yq)), r0)
+    hi = np.minimum(np.ceil(np.maximum(yp, yq)), r1)
+    counts = np.where(hi >= lo, hi - lo + 1, 0).astype(np.int64)
+    edges = np.repeat(np.arange(yp.size, dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts  # where each edge's candidate rows start
+    rows = lo.astype(np.int64)[edges] + (np.arange(edges.size, dtype=np.int64) - first[edges])
+    ys = rows.astype(np.float64)
+    y0 = yp[edges] - ys
+    y1 = yq[edges] - ys
+    rstrad = (y0 > 0) != (y1 > 0)
+    lstrad = (y0 < 0) != (y1 < 0)
+    keep = rstrad | lstrad
+    rows, edges, y0, y1, rstrad, lstrad = rows[keep], edges[keep], y0[keep], y1[keep], rstrad[keep], lstrad[keep]
+    order = np.lexsort((edges, rows))
+    return rows[order] - r0, edges[order], y0[order], y1[order], rstrad[order], lstrad[order]
 
 
 def rasterise_contours(contours: list[np.ndarray], affine: np.ndarray, shape: tuple[int, int, int],
