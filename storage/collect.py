@@ -9,9 +9,12 @@ The pseudonym map is recorded in the encrypted vault, the only way back.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import pathlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,15 +206,36 @@ def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: An
     return {"summary": out, "pairs": {k: sorted(v) for k, v in pairs.items()}, "quarantine": result.rejections}
 
 
+@contextlib.contextmanager
+def _collection_deferred() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one unit, then collect once.
+
+    Parsing a unit keeps every file's data set alive until its series are converted: tens of
+    thousands of new objects per patient, which trigger collections that walk them (and every
+    module object the worker imported) again and again without finding garbage: a quarter of a
+    unit's CPU time on the sts cohort. Reference counting still frees everything as usual; what
+    sits in reference cycles is freed by one collection of the youngest generation at the end of the unit.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect(0)  # the unit's objects are all still in the youngest generation: only they are walked
+
+
 def _unit_task(paths: list[pathlib.Path], folder: pathlib.Path, cached: bool, config: Any, keys: PseudonymKeys,
                tag: str) -> dict[str, Any]:
     """Worker entry: convert a unit into ``folder`` (atomically, with ``unit.json``, when ``cached``)."""
-    if not cached:
-        return _convert_unit(paths, folder, config=config, keys=keys, tag=tag)
-    with atomic_folder(folder) as stage:
-        res = _convert_unit(paths, stage, config=config, keys=keys, tag=tag)
-        (stage / UNIT_SUMMARY).write_text(canonical_json(res["summary"]))
-    return res
+    with _collection_deferred():
+        if not cached:
+            return _convert_unit(paths, folder, config=config, keys=keys, tag=tag)
+        with atomic_folder(folder) as stage:
+            res = _convert_unit(paths, stage, config=config, keys=keys, tag=tag)
+            (stage / UNIT_SUMMARY).write_text(canonical_json(res["summary"]))
+        return res
 
 
 def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
