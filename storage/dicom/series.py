@@ -139,6 +139,24 @@ def _ds_text_ok(text: str) -> bool:
     return not text or (_DS_RE.fullmatch(text) is not None and math.isfinite(float(text)))
 
 
+_NUM_B = rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+#: a whole raw DS value whose every backslash-separated part is what :func:`_ds_text_ok` accepts
+_DS_RAW_RE = re.compile(rb"[ \x00]*(?:%s)?[ \x00]*(?:\\[ \x00]*(?:%s)?[ \x00]*)*" % (_NUM_B, _NUM_B))
+
+
+def _ds_raw_ok(raw: bytes) -> bool:
+    """:func:`_ds_text_ok` for every part of a raw DS value, in one match for the usual value.
+
+    A value without an exponent and shorter than 300 bytes cannot overflow a double, so the
+    match decides; otherwise each part is checked as text (finiteness included).
+    """
+    if _DS_RAW_RE.fullmatch(raw) is None:
+        return False
+    if len(raw) < 300 and b"e" not in raw and b"E" not in raw:
+        return True
+    return all(_ds_text_ok(t) for t in raw.decode("latin-1").split("\\"))
+
+
 def _ds_value_ok(value) -> bool:
     """A value pydicom converted: DSfloat (keeps the file's text), a plain string (pydicom could not read it)."""
     if value is None:
@@ -188,7 +206,7 @@ def unreadable_decimal(ds) -> str | None:
         if vr != "DS":
             continue
         if isinstance(elem, RawDataElement):
-            ok = elem.value is None or all(_ds_text_ok(t) for t in bytes(elem.value).decode("latin-1").split("\\"))
+            ok = elem.value is None or _ds_raw_ok(bytes(elem.value))
         else:
             value = elem.value
             ok = all(_ds_value_ok(v) for v in (value if isinstance(value, MutableSequence | tuple) else [value]))
