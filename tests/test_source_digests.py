@@ -16,7 +16,7 @@ import pytest
 
 from storage.dicom import scan
 from storage.dicom.scan import file_digest, iter_files, known_digest
-from storage.dicom.units import partition, patient_of
+from storage.dicom.units import partition, patient_of, peek_patient
 
 
 def _os_walk_files(root: pathlib.Path) -> list[pathlib.Path]:
@@ -75,6 +75,15 @@ def test_partition_with_remembered_digests_equals_partition_without(shared_data,
     warm = partition(paths)  # first 64 KiB only
     assert warm == cold and len(cold[0]) > 1
     assert scan._DIGESTS == {}  # each digest taken by the partition that used it: nothing accumulates
+    for p in paths:  # as the fingerprint does: the PatientID peeked from the same read
+        scan.file_digest(p, note=peek_patient)
+    assert all(scan._DIGESTS[scan._stat_key(p, os.stat(p))][1] for p in paths)
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    assert partition(paths) == cold
+    monkeypatch.undo()
+    assert opened == []  # nothing read again
 
 
 def test_the_fingerprint_keeps_only_its_own_source(tmp_path, monkeypatch):

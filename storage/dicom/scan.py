@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, ObjectKind, Rejection
@@ -96,53 +97,75 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-# (path, device, inode, size, mtime ns, ctime ns) -> hex SHA-256, for this process only: the files of the
-# source fingerprinted last (forget_digests() at each fingerprint), each taken out by the partition that uses it
-_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+# (path, device, inode, size, mtime ns, ctime ns) -> (hex SHA-256, what ``note`` said of the file's first bytes),
+# for this process only: the files of the source fingerprinted last (forget_digests() at each fingerprint),
+# each taken out by the partition that uses it
+_DIGESTS: dict[tuple[str, int, int, int, int, int], tuple[str, Any]] = {}
 _DIGESTS_MAX = 1 << 18
 #: A file changed less than this long before it was hashed is never remembered ("racy git": file
 #: times have the kernel's coarse clock, so a same-size rewrite within one tick keeps them).
 _RACY_SECONDS = 2.0
+#: Bytes of a file's head handed to ``note`` (:func:`file_digest`).
+NOTE_BYTES = 64 << 10
+_WHOLE_FILE_BYTES = 64 << 20
 
 
 def _stat_key(path: str | os.PathLike[str], st: os.stat_result) -> tuple[str, int, int, int, int, int]:
     return (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
+def file_digest(path: str | os.PathLike[str], *, note: Callable[[bytes], Any] | None = None) -> str:
     """:func:`sha256_file`, remembered for this process while the file's identity, size and times stay.
 
     A file whose modification or status-change time is within :data:`_RACY_SECONDS` of the
     moment it is hashed is hashed again every time (it may still be being written).
+
+    Parameters
+    ----------
+    note : callable, optional
+        Called with the file's first :data:`NOTE_BYTES` bytes (from the same read); its answer is
+        remembered with the digest (:func:`take_digest`), e.g. the PatientID for the partition.
     """
     st = os.stat(path)
     key = _stat_key(path, st)
     hit = _DIGESTS.get(key)
     if hit is not None:
-        return hit
-    digest = sha256_file(path)
-    remember_digest(path, st, digest)
+        return hit[0]
+    if st.st_size <= _WHOLE_FILE_BYTES:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        digest = hashlib.sha256(data).hexdigest()
+        head = data[:NOTE_BYTES] if note is not None else b""
+        del data
+    else:
+        digest = sha256_file(path)
+        head = b""
+        if note is not None:
+            with open(path, "rb") as fh:
+                head = fh.read(NOTE_BYTES)
+    remember_digest(path, st, digest, note(head) if note is not None else None)
     return digest
 
 
-def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: str) -> None:
-    """Record ``digest`` for ``path`` as it was when ``st`` was taken (ignored for a racily young file)."""
+def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: str, noted: Any = None) -> None:
+    """Record ``digest`` (and ``noted``) for ``path`` as it was when ``st`` was taken (not for a racily young file)."""
     import time
 
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_SECONDS * 1e9:
         return
     if len(_DIGESTS) >= _DIGESTS_MAX:
         _DIGESTS.clear()
-    _DIGESTS[_stat_key(path, st)] = digest
+    _DIGESTS[_stat_key(path, st)] = (digest, noted)
 
 
 def known_digest(path: str | os.PathLike[str], st: os.stat_result) -> str | None:
     """The remembered digest of ``path`` for the stat ``st``, or None."""
-    return _DIGESTS.get(_stat_key(path, st))
+    hit = _DIGESTS.get(_stat_key(path, st))
+    return None if hit is None else hit[0]
 
 
-def take_digest(path: str | os.PathLike[str], st: os.stat_result) -> str | None:
-    """:func:`known_digest`, forgotten as it is handed out (memory stays bounded by one source)."""
+def take_digest(path: str | os.PathLike[str], st: os.stat_result) -> tuple[str, Any] | None:
+    """``(digest, noted)`` remembered for ``path`` at stat ``st``, forgotten as it is handed out, or None."""
     return _DIGESTS.pop(_stat_key(path, st), None)
 
 

@@ -9,8 +9,8 @@ change are cache hits (see :mod:`storage.collect`).
 The look is cheap on purpose: the file's bytes (read for its content digest anyway) and
 the PatientID (0010,0020) found by walking the top-level elements of groups 0002-0010
 (:func:`patient_of`). When this process hashed the file moments ago (the flows' source
-fingerprint, :func:`storage.dicom.scan.file_digest`) and it has not changed since, that
-digest is reused and only the first 64 KiB are read. Files that cannot be looked at this way (deflated, big endian,
+fingerprint, :func:`storage.dicom.scan.file_digest` with :func:`peek_patient`) and it has not
+changed since, that digest and PatientID are reused and the file is not read again. Files that cannot be looked at this way (deflated, big endian,
 undefined-length sequences early in the header, damaged) fall back to a pydicom read
 stopped after group 0010, and, failing that, go to one shared unit of their own, where the
 full read gives its verdict (guard, quarantine). Grouping never rejects a file.
@@ -26,7 +26,7 @@ import struct
 from storage.dicom.guard.common import _silenced
 from storage.dicom.scan import sha256_file, take_digest
 
-__all__ = ["patient_of", "partition"]
+__all__ = ["patient_of", "partition", "peek_patient"]
 
 _PATIENT_ID = 0x00100020
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
@@ -106,6 +106,15 @@ def patient_of(data: bytes, *, partial: bool = False) -> str | None:
     return found if found is not None else fallback(data)
 
 
+def peek_patient(head: bytes) -> str | None:
+    """The PatientID from a file's first bytes when the element walk reaches it there (see :func:`patient_of`).
+
+    Handed to the source fingerprint (:func:`storage.dicom.scan.file_digest` ``note=``), so that
+    :func:`partition` needs no read of its own for the usual file.
+    """
+    return patient_of(head[:_PEEK_BYTES], partial=True)
+
+
 def _pydicom_patient(data: bytes) -> str | None:
     from pydicom.filereader import read_partial
 
@@ -134,9 +143,8 @@ def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, 
     for p in paths:
         try:
             st = p.stat()
-            digest = take_digest(p, st)  # hashed moments ago by the source fingerprint
-            pid = None
-            if digest is not None:
+            digest, pid = take_digest(p, st) or (None, None)  # hashed (and peeked) moments ago by the fingerprint
+            if digest is not None and pid is None:
                 with open(p, "rb") as fh:
                     pid = patient_of(fh.read(_PEEK_BYTES), partial=True)
             if pid is not None:
