@@ -412,6 +412,32 @@ def test_memory_limit(tmp_path):
     assert res == {f: None for f in files}
 
 
+def test_memory_limit_holds_when_the_collection_started_the_worker_server(tmp_path):
+    """The decode workers are forked from the server the collection's unit workers share, whose preload is large.
+
+    There, glibc's raised mmap threshold let a frame come from free heap space the address-space cap
+    never saw (the full suite: 64 KiB of allowance decoded a 512 KiB frame). Run in a fresh process so
+    that the collection starts the server first, as in a real ingest.
+    """
+    import subprocess
+    import sys
+
+    f = _testfile("693_J2KI.dcm", tmp_path)
+    code = (
+        "import sys\n"
+        "from storage.workers import worker_context\n"
+        "ctx = worker_context()\n"
+        "p = ctx.Process(target=print, args=('server up',)); p.start(); p.join()\n"
+        "from storage.dicom.guard import GuardLimits, guard_files\n"
+        f"res = guard_files([{str(f)!r}], limits=GuardLimits(worker_memory_bytes=64 << 10), workers=1)\n"
+        "print('REASON', next(iter(res.values())).reason if next(iter(res.values())) else None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(pathlib.Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REASON memory_limit" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- duplicates
 
 

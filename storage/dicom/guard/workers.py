@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -36,6 +38,28 @@ def _vm_bytes() -> int:
         return 0
 
 
+#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD``; allocations at least this large get a mapping of their own.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 << 10
+
+
+def _own_mappings_for_large_blocks() -> None:
+    """Make every large allocation a new mapping (glibc), so that ``RLIMIT_AS`` bounds it.
+
+    glibc raises its mmap threshold each time a large mapped block is freed; in a process that
+    imported much (the worker server is shared with the collection's unit workers, whose
+    preload is large) a decoder's megabytes could then come from free heap space already
+    mapped, growing nothing the address-space cap sees. A fixed threshold turns that off.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc: the reserve below still bounds a frame
+        pass
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, allowance: int) -> None:
     """Bounded decode worker: address space capped at baseline + ``allowance``; exits on MemoryError."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -43,6 +67,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, allowance: int) ->
         warnings.simplefilter("ignore")
         import numpy  # noqa: F401
         import pydicom.pixels  # noqa: F401  (imports the decoder plugins before the cap)
+    _own_mappings_for_large_blocks()
     baseline = _vm_bytes()
     if baseline:
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -85,17 +110,20 @@ def _decode_sample(*, path: str, transfer_syntax: str, frames: list[int], shape:
                    frame_bytes: int) -> dict | None:
     """Decode ``frames`` of one compressed file (runs inside the bounded worker).
 
-    The decoded frame's size is reserved first (address space only, not touched):
-    under ``RLIMIT_AS`` a frame that cannot fit fails here with a clean
+    The decoded frame's size is reserved first as a new mapping (address space only, not
+    touched): under ``RLIMIT_AS`` a frame that cannot fit fails here with a clean
     ``MemoryError`` instead of inside a decoder plugin (pydicom re-raises plugin
     errors as ``RuntimeError``, which would hide the cause).
     """
-    import numpy as np
     from pydicom import dcmread
     from pydicom.pixels.decoders.base import get_decoder
 
-    reserve = np.empty(2 * frame_bytes, dtype=np.uint8)  # the output frame + a decoder work buffer
-    del reserve
+    try:  # the output frame + a decoder work buffer, as new address space (free heap space would not count)
+        mmap.mmap(-1, max(1, 2 * frame_bytes)).close()
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            raise MemoryError("the decoded frame does not fit under the worker's address-space cap") from None
+        raise
 
     with _silenced():
         ds = dcmread(path, force=True)
