@@ -24,10 +24,11 @@ from prefect import flow, get_run_logger
 
 from medflow.config import PipelineConfig
 from storage.lease import study_lease
+from storage.workers import start_worker_server
 from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import cached_chain, local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
-from tasks.collection import collect, source_fingerprint, start_collection_workers
+from tasks.collection import collect, source_fingerprint
 from tasks.common import configure_allocator, release_memory
 from tasks.discovery import casebase_fingerprint, discover
 from tasks.preprocessing import fuse
@@ -178,7 +179,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     source = _local_source(run, ws, config, keys.key_id())
     workspace = str(ws.root)
 
-    start_collection_workers()  # their server imports while the source is fingerprinted
+    start_worker_server()  # the collection workers' server imports while the source is fingerprinted
     content = source_fingerprint(source)
     with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
         coll = run(collect, workspace, source, content, config.collection, keys.key_id())
@@ -279,7 +280,7 @@ def ingest(config: PipelineConfig) -> dict[str, Any]:
     keys = PseudonymKeys.from_env()
     run = _Runner(ws)
     source = _local_source(run, ws, config, keys.key_id())
-    start_collection_workers()  # their server imports while the source is fingerprinted
+    start_worker_server()  # the collection workers' server imports while the source is fingerprinted
     content = source_fingerprint(source)
     with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
         coll = run(collect, str(ws.root), source, content, config.collection, keys.key_id())

@@ -75,12 +75,11 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     out.print(f"features: {pathlib.Path(summary['workspace']) / summary['features']}")
 
 
-def _start_collection_workers() -> None:
-    """Start the collection's worker server now: its imports overlap the configuration's and Prefect's start-up."""
-    from storage.workers import default_workers, worker_context
+def _start_worker_server() -> None:
+    """The collection's worker server, started now: its imports overlap the configuration's and Prefect's start-up."""
+    from storage.workers import start_worker_server
 
-    if default_workers() > 1:
-        worker_context()
+    start_worker_server()
 
 
 def _resolve_source(source: str | pathlib.Path, workspace: pathlib.Path) -> str:
@@ -112,7 +111,7 @@ def run(source: Annotated[str, typer.Argument(help="Folder of DICOM files (any d
     from medflow.config import load_config
 
     source = _resolve_source(source, workspace)
-    _start_collection_workers()
+    _start_worker_server()
     try:
         cfg = load_config(config, source=source, workspace=str(workspace.resolve()),
                           clinical=str(clinical.resolve()) if clinical else None)
@@ -148,7 +147,7 @@ def ingest(source: Annotated[str, typer.Argument(help="Folder of DICOM files, or
     from medflow.config import load_config
 
     source = _resolve_source(source, workspace)
-    _start_collection_workers()
+    _start_worker_server()
     cfg = load_config(config, source=source, workspace=str(workspace.resolve()))
     t0 = time.perf_counter()
     try:

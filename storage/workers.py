@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["WORKER_MODULES", "default_workers", "worker_context"]
+__all__ = ["WORKER_MODULES", "default_workers", "start_worker_server", "worker_context"]
 
 #: Modules a unit worker runs (imported once, by the forkserver). ``medflow.config`` defines the
 #: ``CollectionConfig`` every unit job carries: unpickling it made each worker import it (1.2 s of
@@ -44,3 +44,14 @@ def worker_context() -> Any:
     except OSError:  # reported by the pool's start-up, where it is handled
         pass
     return ctx
+
+
+def start_worker_server() -> None:
+    """Start the unit workers' server now (it imports in the background; a no-op once running).
+
+    Called early (by the CLI before Prefect starts, by the flows before the source fingerprint) so that
+    the seconds the server spends importing :data:`WORKER_MODULES` overlap other work instead of delaying
+    the first unit. Nothing starts when collection runs in one process (one core).
+    """
+    if default_workers() > 1:
+        worker_context()

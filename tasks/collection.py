@@ -12,6 +12,7 @@ import pathlib
 from pydantic import BaseModel
 
 from medflow.config import CollectionConfig
+from storage.workers import start_worker_server
 from storage.workspace import ArtifactRef, atomic_folder, canonical_json, sha256_bytes
 from tasks.common import Step, stage_task, write_json
 
@@ -59,19 +60,6 @@ def source_fingerprint(source: str | pathlib.Path) -> ArtifactRef:
     return ArtifactRef(kind="dicom-source", uri="", digest=digest, meta={"n_files": len(digests)})
 
 
-def start_collection_workers() -> None:
-    """Start the collection's unit worker server now (it imports in the background; a no-op once running).
-
-    Called early (by the CLI before Prefect starts, by the flows before the source fingerprint) so that
-    the ~1.5 s the server spends importing the conversion code overlaps other work instead of delaying
-    the first unit. Nothing starts when collection runs in one process (one core).
-    """
-    from storage.workers import default_workers, worker_context
-
-    if default_workers() > 1:
-        worker_context()
-
-
 @stage_task("collection", "collect")
 def collect(workspace: str, source: str, content: ArtifactRef, params: CollectionConfig,
             key_id: str) -> CollectionOutput:
@@ -81,7 +69,7 @@ def collect(workspace: str, source: str, content: ArtifactRef, params: Collectio
     path); ``key_id`` identifies the pseudonymisation secret (a different secret means
     different pseudonyms, so a different key).
     """
-    start_collection_workers()  # (running already when the flow started it) imports while this process partitions
+    start_worker_server()  # (running already when the flow started it) imports while this process partitions
     from storage.collect import collect_into
     from storage.pseudonym import PseudonymKeys
     from tasks.common import sub_ref

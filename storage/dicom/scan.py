@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -149,8 +150,6 @@ def file_digest(path: str | os.PathLike[str], *, note: Callable[[bytes], Any] | 
 
 def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: str, noted: Any = None) -> None:
     """Record ``digest`` (and ``noted``) for ``path`` as it was when ``st`` was taken (not for a racily young file)."""
-    import time
-
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_SECONDS * 1e9:
         return
     if len(_DIGESTS) >= _DIGESTS_MAX:

@@ -24,7 +24,7 @@ import pathlib
 import struct
 
 from storage.dicom.guard.common import _silenced
-from storage.dicom.scan import sha256_file, take_digest
+from storage.dicom.scan import NOTE_BYTES, sha256_file, take_digest
 
 __all__ = ["patient_of", "partition", "peek_patient"]
 
@@ -37,7 +37,7 @@ _IMPLICIT_LE = b"1.2.840.10008.1.2\x00"
 _UNPARSED = "\x00unparsed"
 _WHOLE_FILE_BYTES = 64 << 20
 _HEAD_BYTES = 1 << 20
-_PEEK_BYTES = 64 << 10  # enough for the header up to PatientID in all but odd files
+_PEEK_BYTES = NOTE_BYTES  # the fingerprint's peek: the header up to PatientID in all but odd files
 
 
 def _walk_to_patient_id(data: bytes, pos: int, *, implicit: bool) -> str | None:
@@ -147,13 +147,11 @@ def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, 
             if digest is not None and pid is None:
                 with open(p, "rb") as fh:
                     pid = patient_of(fh.read(_PEEK_BYTES), partial=True)
-            if pid is not None:
-                pass
-            elif st.st_size > _WHOLE_FILE_BYTES:  # large: stream the digest, look at the head only
+            if pid is None and st.st_size > _WHOLE_FILE_BYTES:  # large: stream the digest, look at the head only
                 digest = digest or sha256_file(p)
                 with open(p, "rb") as fh:
                     pid = patient_of(fh.read(_HEAD_BYTES))
-            else:
+            elif pid is None:
                 with open(p, "rb") as fh:
                     data = fh.read()
                 digest = digest or hashlib.sha256(data).hexdigest()
