@@ -4,15 +4,18 @@ import tempfile
 
 import pytest
 
+from medflow import runtime
+
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Prefect and the pseudonymisation secret are isolated per test session, before anything imports Prefect.
 _SESSION_HOME = pathlib.Path(tempfile.mkdtemp(prefix="medflow-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# the CLI's process-wide Prefect defaults (telemetry off, quiet logs, and time for the ephemeral API's first
+# start, which migrates this session's new database: with Prefect's own 20 s a CI run failed with "Timed out
+# while attempting to connect to ephemeral Prefect API server"); Prefect reads them once, when first imported
+runtime.configure()
 os.environ.setdefault("MEDFLOW_SECRET_KEY", "medflow-test-session-secret-not-for-real-data")
 
 
