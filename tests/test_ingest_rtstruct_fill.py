@@ -77,3 +77,20 @@ def test_contour_points_rejects_a_count_that_is_not_a_multiple_of_three():
     item.ContourData = ["1", "2", "3", "4"]
     with pytest.raises(ValueError):
         contour_points(item)
+
+
+def test_decimal_parser_gives_the_bits_float_gives_and_refuses_what_float_refuses():
+    from storage.dicom.rtstruct import _decimals
+
+    rng = np.random.default_rng(5)
+    parts = [f"{rng.normal(0, 300):.{int(rng.integers(0, 17))}f}" for _ in range(2000)]
+    parts += [f"{int(rng.integers(0, 10**15))}e{int(rng.integers(-320, 309))}" for _ in range(2000)]
+    parts += ["2.2250738585072011e-308", "4.9406564584124654e-324", "1.7976931348623157e308", "1e400",
+              "9007199254740993", "-0", "+.5", "5.", " 7 ", "0.1"]
+    got = _decimals("\\".join(parts).encode())
+    expected = np.array([float(p) for p in parts])
+    assert got is not None and np.array_equal(got.view(np.int64), expected.view(np.int64))
+    for bad in (b"1 2", b"1\\\\2", b"1\\", b"\\", b"1e", b"-", b"1,5\\2", b"0x10", b"1.5abc\\2", b"1\x00\\2"):
+        with pytest.raises(ValueError):
+            [float(p) for p in bad.decode().split("\\")]
+        assert _decimals(bad) is None, bad

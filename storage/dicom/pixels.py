@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.dicom.attrs import attr
+
 __all__ = [
     "PixelDataError",
     "apply_rescale",
@@ -44,7 +46,7 @@ class PixelDataError(Exception):
 
 
 def _int(ds, name: str, default: int = 0) -> int:
-    v = ds.get(name, default)
+    v = attr(ds, name, default)
     try:
         return int(v if v not in (None, "") else default)
     except (TypeError, ValueError):
@@ -273,11 +275,11 @@ def _native_frames(ds) -> np.ndarray | None:
         return None
     need = {}
     for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel"):
-        v = ds.get(kw)
+        v = attr(ds, kw)
         if not isinstance(v, int):  # absent, multi-valued or odd values: pydicom's validation gives the verdict
             return None
         need[kw] = int(v)
-    frames = ds.get("NumberOfFrames")
+    frames = attr(ds, "NumberOfFrames")
     if frames is not None and frames != "":
         try:
             frames = int(frames)

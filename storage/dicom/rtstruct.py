@@ -12,6 +12,7 @@ element bytes with numpy (:func:`contour_points`) instead of one Python object p
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -117,18 +118,31 @@ def contour_points(item) -> np.ndarray:
 
     elem = item.get_item(_CONTOUR_DATA) if _CONTOUR_DATA in item else None
     if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes | bytearray):
-        try:
-            text = bytes(elem.value).rstrip(b" \x00").decode("ascii")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None:
-            if not text.strip():
+        raw = bytes(elem.value).rstrip(b" \x00")
+        if raw.isascii():
+            if not raw.strip():
                 return np.empty((0, 3), dtype=np.float64)
-            try:
-                return np.array(text.split("\\"), dtype=np.float64).reshape(-1, 3)
-            except ValueError:
-                pass  # let pydicom decide (same outcome as before for odd values)
+            values = _decimals(raw)
+            if values is not None and values.size % 3 == 0:
+                return values.reshape(-1, 3)
+            # otherwise pydicom decides (same outcome as before for odd values)
     return np.asarray([float(v) for v in item.ContourData], dtype=np.float64).reshape(-1, 3)
+
+
+def _decimals(raw: bytes) -> np.ndarray | None:
+    """The numbers of a backslash-separated ASCII decimal string, or None when one part is not a number.
+
+    numpy's text parser (correctly rounded, like ``float``: bit-identical values) in one call; a value
+    it cannot read to its end (it warns and stops there), or an empty part (``"1\\\\2"``, a trailing
+    backslash: it skips them, ``float`` refuses them) gives None, like ``float`` raising on that part.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # "string or file could not be read to its end"
+        try:
+            values = np.fromstring(raw, dtype=np.float64, sep="\\")
+        except (ValueError, DeprecationWarning):
+            return None
+    return values if values.size == raw.count(b"\\") + 1 else None
 
 
 def fill_polygon(r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

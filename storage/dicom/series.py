@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from imaging.geometry import position_along_normal, slice_normal
+from storage.dicom.attrs import attr
 from storage.dicom.model import FileEntry, Rejection, SeriesGroup
 
 __all__ = ["VolumePlan", "group_series", "split_volumes", "is_mosaic", "number_of_frames"]
@@ -55,7 +56,7 @@ class VolumePlan:
 
 
 def _s(ds, name: str, default: str = "") -> str:
-    v = ds.get(name, default)
+    v = attr(ds, name, default)
     return default if v is None else str(v)
 
 
@@ -100,14 +101,14 @@ def group_series(entries: list[FileEntry]) -> list[SeriesGroup]:
 
 def number_of_frames(ds) -> int:
     try:
-        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        return max(1, int(attr(ds, "NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
 
 
 def is_mosaic(ds) -> bool:
     """Siemens mosaic: ImageType contains MOSAIC (or the private NumberOfImagesInMosaic is set)."""
-    it = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    it = [str(v).upper() for v in (attr(ds, "ImageType") or [])]
     if "MOSAIC" in it:
         return True
     return False
@@ -200,7 +201,7 @@ def unreadable_decimal(ds) -> str | None:
             elem = ds.get_item(tag)  # a deferred read: get_item reads and converts it
         vr = elem.VR
         if vr is None:  # implicit VR, not converted yet: the dictionary's VR (private tags are not checked)
-            vr = _dictionary_vr(tag)
+            vr = _dictionary_vr(int(tag))  # (an int key: the cache compares ints, not BaseTag objects)
             if vr is None:
                 continue
         if vr != "DS":
@@ -244,7 +245,7 @@ def unreadable_geometry(ds) -> str | None:
 
 
 def _num(ds, name: str) -> float | None:
-    v = ds.get(name)
+    v = attr(ds, name)
     if v is None or v == "":
         return None
     try:
@@ -265,18 +266,18 @@ def _time_key(e: FileEntry) -> tuple[float, float, float, float]:
 
 
 def _split_key(ds) -> tuple:
-    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    iop = _floats(attr(ds, "ImageOrientationPatient"), 6)
     iop_r = tuple(round(v, 4) + 0.0 for v in iop) if iop else None
-    ps = _floats(ds.get("PixelSpacing"), 2)
+    ps = _floats(attr(ds, "PixelSpacing"), 2)
     ps_r = tuple(round(v, 5) for v in ps) if ps else None
-    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
+    image_type = tuple(str(v).upper() for v in (attr(ds, "ImageType") or []))
     echo = _num(ds, "EchoNumbers")
     bval = _num(ds, "DiffusionBValue")
-    grad = _floats(ds.get("DiffusionGradientOrientation"), 3)
+    grad = _floats(attr(ds, "DiffusionGradientOrientation"), 3)
     grad_r = tuple(round(v, 4) for v in grad) if grad else None
-    return (iop_r, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), ps_r, image_type, echo, bval, grad_r,
-            int(ds.get("SamplesPerPixel", 1) or 1), _s(ds, "PhotometricInterpretation"),
-            int(ds.get("BitsAllocated", 0) or 0), is_mosaic(ds))
+    return (iop_r, int(attr(ds, "Rows", 0) or 0), int(attr(ds, "Columns", 0) or 0), ps_r, image_type, echo, bval, grad_r,
+            int(attr(ds, "SamplesPerPixel", 1) or 1), _s(ds, "PhotometricInterpretation"),
+            int(attr(ds, "BitsAllocated", 0) or 0), is_mosaic(ds))
 
 
 def _key_meta(key: tuple) -> dict[str, Any]:
@@ -358,17 +359,17 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
                                         type(exc).__name__, size=_size(e)))
             continue
         if frames > 1 and not is_mosaic(ds):
-            plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
+            plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (attr(ds, "ImageType") or [])]}))
             continue
-        has_iop = _floats(ds.get("ImageOrientationPatient"), 6) is not None
-        has_ipp = _floats(ds.get("ImagePositionPatient"), 3) is not None
+        has_iop = _floats(attr(ds, "ImageOrientationPatient"), 6) is not None
+        has_ipp = _floats(attr(ds, "ImagePositionPatient"), 3) is not None
         if has_iop != has_ipp:  # half a plane (the other attribute absent): a 2-D image would invent the other half
             rejections.append(Rejection(e.sha256, "missing_geometry", "ImagePositionPatient without "
                                         "ImageOrientationPatient or the reverse: the plane cannot be placed",
                                         size=_size(e)))
             continue
         if not has_iop:  # no plane geometry at all: a projection / secondary-capture / ultrasound image
-            plans.append(VolumePlan([e], "2d", {"image_type": [str(v) for v in (ds.get("ImageType") or [])]}))
+            plans.append(VolumePlan([e], "2d", {"image_type": [str(v) for v in (attr(ds, "ImageType") or [])]}))
             continue
         partitions[key].append(e)
 
@@ -390,7 +391,7 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
 
 
 def _positions(part: list[FileEntry], normal: np.ndarray) -> np.ndarray:
-    ipp = np.array([_floats(e.dataset.get("ImagePositionPatient"), 3) for e in part], dtype=np.float64)
+    ipp = np.array([_floats(attr(e.dataset, "ImagePositionPatient"), 3) for e in part], dtype=np.float64)
     return position_along_normal(ipp, normal)
 
 
