@@ -37,6 +37,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
+from storage.dicom.guard.common import dictionary_vr
+
 __all__ = ["dataset_from_bytes", "unconvertible_elements"]
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -352,6 +354,8 @@ def unconvertible_elements(ds: Dataset, *, sequences_checked: bool) -> None:
         if not isinstance(elem, RawDataElement):
             continue
         vr = elem.VR
+        if vr is None:  # implicit VR: pydicom's hook takes the dictionary's VR when the tag has one
+            vr = dictionary_vr(int(tag))
         if vr is None or vr == "UN":
             data: dict = {}
             hooks.raw_element_vr(elem, data, encoding=encoding, ds=ds)  # the VR pydicom will convert with

@@ -19,7 +19,6 @@ points). :func:`split_volumes` turns one :class:`SeriesGroup` into
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections import defaultdict
@@ -31,6 +30,7 @@ import numpy as np
 
 from imaging.geometry import position_along_normal, slice_normal
 from storage.dicom.attrs import attr
+from storage.dicom.guard.common import dictionary_vr
 from storage.dicom.model import FileEntry, Rejection, SeriesGroup
 
 __all__ = ["VolumePlan", "group_series", "split_volumes", "is_mosaic", "number_of_frames"]
@@ -171,17 +171,6 @@ def _ds_value_ok(value) -> bool:
     return _ds_text_ok(str(value if text is None else text))
 
 
-@functools.lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str | None:
-    """pydicom's dictionary VR of ``tag`` (None for a tag it does not know, e.g. a private one)."""
-    from pydicom.datadict import dictionary_VR
-
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
-
-
 def unreadable_decimal(ds) -> str | None:
     """Keyword (or tag) of the first top-level DS element holding a value that is not a decimal number.
 
@@ -201,7 +190,7 @@ def unreadable_decimal(ds) -> str | None:
             elem = ds.get_item(tag)  # a deferred read: get_item reads and converts it
         vr = elem.VR
         if vr is None:  # implicit VR, not converted yet: the dictionary's VR (private tags are not checked)
-            vr = _dictionary_vr(int(tag))  # (an int key: the cache compares ints, not BaseTag objects)
+            vr = dictionary_vr(int(tag))
             if vr is None:
                 continue
         if vr != "DS":

@@ -185,11 +185,21 @@ def _tag(tag: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _dictionary_is_sq(tag: int) -> bool:
+@lru_cache(maxsize=4096)
+def dictionary_vr(tag: int) -> str | None:
+    """pydicom's dictionary VR of ``tag`` (PS3.6; None for a tag it does not know, e.g. a private one).
+
+    Cached per tag: implicit-VR data sets ask for every element of every file. Pass an ``int``
+    (a ``BaseTag`` key would be compared by pydicom's Python-level ``__eq__`` on every hit).
+    """
     from pydicom.datadict import dictionary_VR
 
     try:
-        return dictionary_VR(tag) == "SQ"
+        return dictionary_VR(tag)
     except KeyError:
-        return False
+        return None
+
+
+def _dictionary_is_sq(tag: int) -> bool:
+    return dictionary_vr(int(tag)) == "SQ"
 
