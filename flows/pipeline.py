@@ -24,12 +24,12 @@ from prefect import flow, get_run_logger
 
 from medflow.config import PipelineConfig
 from storage.lease import study_lease
+from storage.memory import configure_allocator, release_memory
 from storage.workers import start_worker_server
 from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import cached_chain, local_plan, volume_chain
 from tasks.clinical import file_fingerprint, ingest_clinical
 from tasks.collection import collect, source_fingerprint
-from tasks.common import configure_allocator, release_memory
 from tasks.discovery import casebase_fingerprint, discover
 from tasks.preprocessing import fuse
 from tasks.report import report as report_task

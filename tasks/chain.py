@@ -24,10 +24,11 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from medflow.config import AnalysisConfig, ComputeConfig, PreprocessingConfig, ProcessingConfig
+from storage.memory import release_memory
 from storage.workspace import ArtifactRef
 from tasks.analysis import AnalysisOutput
 from tasks.analysis import features as features_task
-from tasks.common import cached_step, release_memory
+from tasks.common import cached_step
 from tasks.preprocessing import PreprocessOutput, preprocess
 from tasks.processing import ProcessOutput, segment
 

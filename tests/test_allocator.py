@@ -1,4 +1,4 @@
-"""tasks.common.configure_allocator / release_memory: glibc allocator settings for long-lived processes."""
+"""storage.memory.configure_allocator / release_memory: glibc allocator settings for long-lived processes."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import platform
 
 import pytest
 
-from tasks import common
+from storage import memory
 
 
 def test_configure_allocator_validates_arguments():
     with pytest.raises(ValueError, match="mmap_threshold.*0"):
-        common.configure_allocator(mmap_threshold=0)
+        memory.configure_allocator(mmap_threshold=0)
     with pytest.raises(ValueError, match="arena_max.*0"):
-        common.configure_allocator(arena_max=0)
+        memory.configure_allocator(arena_max=0)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_configure_allocator_sets_glibc_parameters(monkeypatch):
     calls = []
-    libc = common._libc()
+    libc = memory._libc()
     assert libc is not None
 
     class Spy:
@@ -27,12 +27,12 @@ def test_configure_allocator_sets_glibc_parameters(monkeypatch):
             calls.append((param, value))
             return libc.mallopt(param, value)
 
-    monkeypatch.setattr(common, "_libc", lambda: Spy())
-    assert common.configure_allocator(mmap_threshold=1 << 20, arena_max=4) is True
-    assert calls == [(common._M_MMAP_THRESHOLD, 1 << 20), (common._M_ARENA_MAX, 4)]
+    monkeypatch.setattr(memory, "_libc", lambda: Spy())
+    assert memory.configure_allocator(mmap_threshold=1 << 20, arena_max=4) is True
+    assert calls == [(memory._M_MMAP_THRESHOLD, 1 << 20), (memory._M_ARENA_MAX, 4)]
 
 
 def test_configure_allocator_without_glibc_is_a_no_op(monkeypatch):
-    monkeypatch.setattr(common, "_libc", lambda: None)
-    assert common.configure_allocator() is False
-    common.release_memory()  # no glibc: nothing to trim, no error
+    monkeypatch.setattr(memory, "_libc", lambda: None)
+    assert memory.configure_allocator() is False
+    memory.release_memory()  # no glibc: nothing to trim, no error

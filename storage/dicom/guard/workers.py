@@ -38,8 +38,7 @@ def _vm_bytes() -> int:
         return 0
 
 
-#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD``; allocations at least this large get a mapping of their own.
-_M_MMAP_THRESHOLD = -3
+#: allocations of at least this many bytes get a mapping of their own in a decode worker
 _MMAP_THRESHOLD_BYTES = 128 << 10
 
 
@@ -49,15 +48,12 @@ def _own_mappings_for_large_blocks() -> None:
     glibc raises its mmap threshold each time a large mapped block is freed; in a process that
     imported much (the worker server is shared with the collection's unit workers, whose
     preload is large) a decoder's megabytes could then come from free heap space already
-    mapped, growing nothing the address-space cap sees. A fixed threshold turns that off.
+    mapped, growing nothing the address-space cap sees. A fixed threshold turns that off (not
+    glibc: the frame reserve still bounds a frame). One arena: the worker decodes on one thread.
     """
-    import ctypes
+    from storage.memory import configure_allocator
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc: the reserve below still bounds a frame
-        pass
+    configure_allocator(mmap_threshold=_MMAP_THRESHOLD_BYTES, arena_max=1)
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, allowance: int) -> None:
