@@ -98,14 +98,15 @@ def burned_in_refusal(ds: Any) -> str | None:
     endoscopy, ...) are refused.
     """
     from storage.deid.burned_in import ENCAPSULATED_DOCUMENT_PREFIX, RISKY_MODALITIES, RISKY_SOP_CLASSES
+    from storage.dicom.attrs import attr  # (pydicom: loaded by the unit workers, not by the flow)
 
-    sop = str(ds.get("SOPClassUID", "") or "").strip()
+    sop = str(attr(ds, "SOPClassUID", "") or "").strip()
     if sop.startswith(ENCAPSULATED_DOCUMENT_PREFIX):
         return "encapsulated_document"
-    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    flag = str(attr(ds, "BurnedInAnnotation", "") or "").strip().upper()
     if flag in ("YES", "NO"):
         return "burned_in_annotation" if flag == "YES" else None
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = str(attr(ds, "Modality", "") or "").strip().upper()
     return "burned_in_annotation" if modality in RISKY_MODALITIES or sop in RISKY_SOP_CLASSES else None
 
 

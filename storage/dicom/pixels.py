@@ -68,7 +68,7 @@ def expected_pixel_bytes(ds) -> int:
     elif "DoubleFloatPixelData" in ds:
         bits = 64
     pixels = rows * cols * frames
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422" and spp == 3:
+    if str(attr(ds, "PhotometricInterpretation", "")).upper() == "YBR_FULL_422" and spp == 3:
         samples = pixels * 2
     else:
         samples = pixels * spp
@@ -237,7 +237,7 @@ def decode_frames(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.n
                              type(exc).__name__) from exc
     frames = max(1, _int(ds, "NumberOfFrames", 1))
     spp = max(1, _int(ds, "SamplesPerPixel", 1))
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    photometric = str(attr(ds, "PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -289,7 +289,7 @@ def _native_frames(ds) -> np.ndarray | None:
             return None
     else:
         frames = 1
-    if str(ds.get("PhotometricInterpretation", "")).strip() not in ("MONOCHROME1", "MONOCHROME2"):
+    if str(attr(ds, "PhotometricInterpretation", "")).strip() not in ("MONOCHROME1", "MONOCHROME2"):
         return None
     rows, cols, bits, rep = need["Rows"], need["Columns"], need["BitsAllocated"], need["PixelRepresentation"]
     if (need["SamplesPerPixel"] != 1 or bits not in (8, 16, 32) or rep not in (0, 1)

@@ -186,8 +186,8 @@ def unreadable_decimal(ds) -> str | None:
     from pydicom.dataelem import RawDataElement
 
     for tag, elem in list(ds._dict.items()):  # what ``ds.get_item(tag)`` returns for each tag, without the calls
-        if isinstance(elem, RawDataElement) and elem.value is None:
-            elem = ds.get_item(tag)  # a deferred read: get_item reads and converts it
+        if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
+            elem = ds.get_item(tag)  # a deferred read: get_item reads and converts it (an empty value is not one)
         vr = elem.VR
         if vr is None:  # implicit VR, not converted yet: the dictionary's VR (private tags are not checked)
             vr = dictionary_vr(int(tag))
