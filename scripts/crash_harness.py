@@ -183,9 +183,14 @@ def _mtime(p: pathlib.Path) -> float:
         return 0.0
 
 
+def _left_by_a_kill(name: str) -> bool:
+    """A staging folder (``atomic_folder``) or temporary file (``atomic_path``) a killed write leaves: never read."""
+    return name.startswith(".") and (".staging-" in name or ".tmp-" in name)
+
+
 def leftover_staging(ws: pathlib.Path) -> int:
-    """Staging folders a killed run left beside final paths (never read; atomic_folder's names)."""
-    return len(list((ws / "artifacts").glob("*/*/.*.staging-*")))
+    """Staging folders and temporary files a killed run left beside final paths (never read)."""
+    return sum(1 for p in (ws / "artifacts").glob("*/*/.*") if _left_by_a_kill(p.name))
 
 
 def _finals(ws: pathlib.Path) -> dict[str, list[pathlib.Path]]:
@@ -228,12 +233,12 @@ def partial_artifacts(ws: pathlib.Path) -> list[str]:
 
 
 def digests(ws: pathlib.Path) -> dict[str, str]:
-    """sha256 of every file under artifacts/ and reports/ (staging folders excluded)."""
+    """sha256 of every file under artifacts/ and reports/ (what a killed write leaves is excluded: never read)."""
     out = {}
     for top in ("artifacts", "reports"):
         for p in sorted((ws / top).rglob("*")):
             rel = p.relative_to(ws)
-            if p.is_file() and not any(".staging-" in part for part in rel.parts):
+            if p.is_file() and not any(_left_by_a_kill(part) for part in rel.parts):
                 out[rel.as_posix()] = _sha(p)
     return out
 
@@ -401,7 +406,7 @@ def _harness(args: argparse.Namespace, work: pathlib.Path, rng: random.Random, h
         "reference_seconds": ref["seconds"], "typical_stage_stretch_s": {k: round(v, 2) for k, v in ref["windows"].items()},
         "targets": {s: sum(1 for e in killed if e["target"] == s) for s in STAGES},
         "stages_at_work_when_killed": stages_hit, "artifact_files_compared": len(ref["digests"]),
-        "staging_folders_left_by_kills": staging_left,
+        "staging_left_by_kills": staging_left,  # staging folders and temporary files (never read)
         "flow_run_states": states, "catalog": ref["catalog"], "mismatches": mismatches,
         "seconds": round(time.monotonic() - t0, 1), "log": log,
     }
