@@ -613,3 +613,24 @@ def test_worker_killed_mid_task_is_reported_and_replaced(tmp_path, sig, reason):
     assert killed
     assert res["hang"] is not None and res["hang"]["reason"] == reason
     assert res["ok"] is None  # a fresh worker took the next file
+
+
+def test_walk_from_an_open_file_equals_the_walk_from_bytes(ct, tmp_path):
+    """A large file's guard reads from the open file (mapped), not from bytes: same verdict and facts."""
+    import dataclasses
+    import hashlib
+
+    data = ct.read_bytes()
+    variants = {"intact": data, "cut": data[: len(data) // 2], "long element": _set_length(data, b"\x28\x00\x10\x00",
+                                                                                           0x7FFF)}
+    for name, content in variants.items():
+        p = tmp_path / f"{name}.dcm"
+        p.write_bytes(content)
+        digest = hashlib.sha256(content).hexdigest()
+        from_file = inspect_file(p, limits=LIMITS, sha256=digest)  # streamed from the open file
+        from_bytes = inspect_file(p, limits=LIMITS, sha256=digest, data=content)
+        assert dataclasses.asdict(from_file) == dataclasses.asdict(from_bytes), name
+    assert inspect_file(tmp_path / "intact.dcm", limits=LIMITS, sha256=hashlib.sha256(data).hexdigest()).rejection \
+        is None
+    assert inspect_file(tmp_path / "cut.dcm", limits=LIMITS,
+                        sha256=hashlib.sha256(variants["cut"]).hexdigest()).rejection.reason == "truncated"
