@@ -262,6 +262,28 @@ def flow_run_states(home: pathlib.Path) -> dict[str, int]:
         con.close()
 
 
+def _runs(home: pathlib.Path) -> tuple[int, str | None]:
+    """(number of pipeline flow runs, state type of the newest) in this Prefect home; (0, None) before it exists."""
+    if not (home / "prefect.db").exists():
+        return 0, None
+    try:
+        con = sqlite3.connect(home / "prefect.db")
+        try:
+            rows = con.execute("select fr.state_type from flow_run fr join flow f on f.id = fr.flow_id "
+                               "where f.name = 'medflow-pipeline' order by fr.created").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:  # being created or migrated
+        return 0, None
+    return len(rows), (str(rows[-1][0]) if rows else None)
+
+
+def _flow_running(home: pathlib.Path, runs_before: int) -> bool:
+    """The run under test has created its flow run and it is Running."""
+    n, newest = _runs(home)
+    return n > runs_before and newest == "RUNNING"
+
+
 def reference(source: pathlib.Path, work: pathlib.Path) -> dict:
     ws, home = work / "reference-ws", work / "reference-home"
     t0 = time.monotonic()
@@ -299,8 +321,11 @@ def run_cycle(source: pathlib.Path, work: pathlib.Path, cycle: int, kills_left: 
         if kills_left <= 0:
             break
         completed_before = flow_run_states(home).get("COMPLETED", 0) if (home / "prefect.db").exists() else 0
+        runs_before = _runs(home)[0]
         proc = _start(source, ws, home, work / f"cycle{cycle}.log")
-        while proc.poll() is None and stage_now(ws) != stage:
+        # the stage is at work, in this run: the workspace alone can say "the stage after the newest finished
+        # artifact" while the new process is still starting (no flow run yet: a kill then tests nothing)
+        while proc.poll() is None and (stage_now(ws) != stage or not _flow_running(home, runs_before)):
             time.sleep(0.02)
         if proc.poll() is not None:  # the stage had nothing left to do in this run (all cached): next stage
             log.append({"cycle": cycle, "target": stage, "killed": False, "exit": proc.returncode})
