@@ -30,6 +30,7 @@ import pathlib
 from typing import Any
 
 import numpy as np
+from zarr.codecs import BloscCodec
 
 __all__ = ["plain_layout", "write_plain"]
 
@@ -52,7 +53,7 @@ def plain_layout(dtype: np.dtype, *, shards: tuple[int, ...] | None, fill: Any, 
         return False
     if fill != 0:  # (False for masks)
         return False
-    if type(codec).__name__ != "BloscCodec" or getattr(codec, "blocksize", None) != 0:
+    if not isinstance(codec, BloscCodec) or codec.blocksize != 0:
         return False
     try:
         _json_bytes(attributes)

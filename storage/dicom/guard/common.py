@@ -185,7 +185,6 @@ def _tag(tag: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-@lru_cache(maxsize=4096)
 def dictionary_vr(tag: int) -> str | None:
     """pydicom's dictionary VR of ``tag`` (PS3.6; None for a tag it does not know, e.g. a private one).
 
