@@ -419,9 +419,14 @@ def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *,
     except OSError as exc:
         return [], ("collection workers", "worker start-up", type(exc).__name__)
     with pool:
+        # the largest units first (by files): the last to start are the shortest, so the workers finish together
+        # (longest-processing-time-first); results are still taken in the order of ``jobs``
+        order = sorted(range(len(jobs)), key=lambda i: (-len(jobs[i][1]), i))
+        futures: list[Any] = [None] * len(jobs)
         try:
-            futures = [pool.submit(_unit_task, paths, target, cached, config, keys, tag)
-                       for tag, paths, target, cached in jobs]
+            for i in order:
+                tag, paths, target, cached = jobs[i]
+                futures[i] = pool.submit(_unit_task, paths, target, cached, config, keys, tag)
         except (OSError, BrokenProcessPool) as exc:
             return [], ("collection workers", "worker start-up", type(exc).__name__)
         results = []
@@ -435,6 +440,7 @@ def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *,
             except IngestBugError as exc:  # a unit's bug: its fields only (the exception carries the worker's frames)
                 bug = (exc.stage, exc.input_key, exc.exception_type, exc.location)
             for f in futures:
-                f.cancel()
+                if f is not None:
+                    f.cancel()
             return [], bug
         return results, None

@@ -60,3 +60,94 @@ def test_attr_equals_dataset_get_on_vendor_files(shared_data):
                 assert type(got) is type(want) and got == want, (path.name, kw, got, want)
             checked += 1
     assert checked >= 60
+
+
+DS_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleSlope",
+               "RescaleIntercept", "SliceLocation", "WindowCenter")
+
+
+def _as_floats(value):
+    """What ``float()`` of pydicom's converted DS value gives, shaped as :func:`numbers` returns it."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        return float(value)
+    return tuple(float(v) for v in value)
+
+
+def _check_numbers(fresh, reference, kw):
+    from pydicom.dataelem import RawDataElement
+
+    from storage.dicom.attrs import numbers
+
+    got, want = numbers(fresh, kw, "absent"), reference.get(kw, "absent")
+    if isinstance(got, float | tuple):  # read from the raw bytes: the same numbers, the element left raw
+        assert _as_floats(want) == got and type(_as_floats(want)) is type(got), (kw, got, want)
+        assert isinstance(fresh._dict[reference.data_element(kw).tag], RawDataElement)
+        return True
+    assert type(got) is type(want) and got == want, (kw, got, want)
+    return False
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("raw, fast", [(b"1.5", True), (b" -2.25e-3 \\+7\\.5 ", True), (b"0.5\\0.75\x00", True),
+                                       (b"3. \x00 \x00", True), (b"1\\\\2", False), (b"1.5\\", False),
+                                       (b"abc", False), (b"1e999", True), (b"", False), (b"  ", False),
+                                       (b"1 .5", False), (b"1.5\x002", False), (b"0x10", False)])
+def test_numbers_equals_float_of_dsfloat(tmp_path, implicit, raw, fast):
+    """Synthetic DS values, well-formed or not: the raw path only for well-formed numbers, same floats."""
+    import warnings
+
+    padded = raw if len(raw) % 2 == 0 else raw + b" "
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"
+        ds.ImagePositionPatient = "7" * len(padded) if padded else ""  # placeholder, replaced by the raw bytes
+        ds.Rows = 4  # not DS: attr's value
+        path = tmp_path / "n.dcm"
+        ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        if padded:
+            data = path.read_bytes()
+            assert data.count(b"7" * len(padded)) == 1
+            path.write_bytes(data.replace(b"7" * len(padded), padded))
+        fresh, reference = pydicom.dcmread(path, force=True), pydicom.dcmread(path, force=True)
+        assert _check_numbers(fresh, reference, "ImagePositionPatient") is fast
+        assert _check_numbers(fresh, reference, "Rows") is False
+        assert _check_numbers(fresh, reference, "SliceThickness") is False  # absent: the default
+
+
+def test_numbers_respects_pydicom_ds_settings(tmp_path):
+    """With pydicom set to numpy DS values, numbers() gives what pydicom gives (no raw path)."""
+    from pydicom import config
+
+    from storage.dicom.attrs import numbers
+
+    ds = Dataset()
+    ds.PixelSpacing = ["0.5", "0.75"]
+    path = tmp_path / "s.dcm"
+    ds.save_as(path, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    config.use_DS_numpy = True
+    try:
+        value = numbers(pydicom.dcmread(path, force=True), "PixelSpacing")
+        assert not isinstance(value, tuple) and list(value) == [0.5, 0.75]
+    finally:
+        config.use_DS_numpy = False
+
+
+def test_numbers_on_vendor_files(shared_data):
+    """DS values of every vendor's files as the ingest reads them: the floats pydicom's DSfloat values give."""
+    from storage.dicom.rawread import dataset_from_bytes
+
+    folders = ("ibsi_sts_ct_pet_mr_rtstruct", "nih_ge_siemens_epi_4d", "siemens_xa30i_t1w_classic", "sts_cohort")
+    raw_reads = checked = 0
+    for folder in folders:
+        files = sorted(p for p in (shared_data / folder).rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm"))
+        for path in files[::max(1, len(files) // 40)]:
+            data = path.read_bytes()
+            if data[128:132] != b"DICM":
+                continue
+            fresh = dataset_from_bytes(data) or pydicom.dcmread(path, force=True)
+            reference = pydicom.dcmread(path, force=True)
+            for kw in DS_KEYWORDS:
+                raw_reads += _check_numbers(fresh, reference, kw)
+            checked += 1
+    assert checked >= 80 and raw_reads >= 4 * checked

@@ -264,3 +264,21 @@ def test_noise_sigma_integer_path_equals_the_float_convolution(dtype, shape):
         r = ndimage.convolve(np.asarray(s, dtype=np.float64), qc._IMMERKAER, mode="reflect")[1:-1, 1:-1]
         sigmas.append(qc._MAD_TO_SIGMA * float(np.median(np.abs(r[np.isfinite(r)]))) / 6.0)
     assert noise_sigma(vol) == (float(np.median(sigmas)) if sigmas else 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.uint16, np.int64, np.float32])
+def test_median_abs_equals_numpy_median(dtype):
+    """The counting median of |r| is np.median's value (odd and even sizes, ties, sparse histograms)."""
+    from imaging.qc import _median_abs
+
+    rng = np.random.default_rng(11)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    for n in (1, 2, 3, 10, 11, 1000, 1001):
+        for scale in (1, 7, 300, 30_000):
+            lo = 0 if info is None or info.min == 0 else -scale
+            hi = scale if info is None else min(scale, int(info.max))
+            r = rng.integers(lo, hi + 1, size=n).astype(dtype)
+            assert _median_abs(r) == float(np.median(np.abs(r))), (dtype, n, scale)
+    if info is not None and info.max > 10**6:  # a sparse histogram (a huge outlier): the sorting path
+        r = np.array([0, 1, 2, info.max // 2], dtype=dtype)
+        assert _median_abs(r) == float(np.median(np.abs(r)))

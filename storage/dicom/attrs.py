@@ -5,15 +5,23 @@
 most of them several times. :func:`attr` returns the same value from the data set's element
 dictionary (about 0.5 us once the element is converted). An element still in its raw form is
 converted by pydicom itself (``ds[tag]``, which stores the converted element, as ``ds.get`` does),
-except the two plainest cases, whose value is decoded here exactly as pydicom decodes it
-(PS3.5 6.2): one little-endian US value (``int``) and one ASCII CS value (``str``, trailing
-spaces and NULs removed; pydicom's ``convert_string`` / ``multi_string``). Those are about a
-third of the values a CT slice's collection reads.
+except the plainest cases, whose value is decoded here exactly as pydicom decodes it
+(PS3.5 6.2): one little-endian US value (``int``), one ASCII CS value (``str``, trailing
+spaces and NULs removed; pydicom's ``convert_string`` / ``multi_string``) and one ASCII UI
+value (``pydicom.uid.UID`` of the text without trailing NULs and spaces; ``convert_UI``).
+Those are about half of the values a CT slice's collection reads.
+
+:func:`numbers` is the reader of decimal (DS) values that are only used as numbers (plane
+geometry, rescale): a raw value whose every part is a well-formed decimal is returned as the
+``float`` (or tuple of floats) that ``float()`` of pydicom's ``DSfloat`` values gives, without
+converting (and storing) the element: pydicom's DS conversion builds one ``DSfloat`` per number
+through its validation (about 20 us per element), the bytes parse in about 2 us.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -22,28 +30,34 @@ from pydicom.tag import BaseTag
 
 from storage.dicom.guard.common import dictionary_vr
 
-__all__ = ["attr"]
+__all__ = ["attr", "numbers", "plain_value", "keyword_tag", "NOT_PLAIN"]
 
-_NOT_PLAIN = object()
+#: :func:`plain_value`'s answer for a value it does not decode itself
+NOT_PLAIN = object()
 
 
 @functools.lru_cache(maxsize=1024)
-def _tag(keyword: str) -> BaseTag | None:
+def keyword_tag(keyword: str) -> BaseTag | None:
+    """The tag of a DICOM keyword (PS3.6), or None for anything else."""
     tag = tag_for_keyword(keyword)
     return None if tag is None else BaseTag(tag)
 
 
-def _plain(raw: RawDataElement, tag: int) -> Any:
-    """The value pydicom's conversion gives ``raw`` when it is one plain US or CS value, else ``_NOT_PLAIN``."""
+def plain_value(raw: RawDataElement, tag: int) -> Any:
+    """The value pydicom's conversion gives ``raw`` when it is one plain US, CS or UI value, else :data:`NOT_PLAIN`."""
     value = raw.value
     if not value or not raw.is_little_endian or not isinstance(value, bytes):
-        return _NOT_PLAIN
+        return NOT_PLAIN
     vr = raw.VR or dictionary_vr(tag)  # implicit VR: the dictionary's (what pydicom's hook takes)
     if vr == "US":
-        return value[0] | value[1] << 8 if len(value) == 2 else _NOT_PLAIN
+        return value[0] | value[1] << 8 if len(value) == 2 else NOT_PLAIN
     if vr == "CS" and b"\\" not in value and value.isascii():
         return value.decode("ascii").rstrip(" \x00")
-    return _NOT_PLAIN
+    if vr == "UI" and b"\\" not in value and value.isascii():
+        from pydicom.uid import UID
+
+        return UID(value.decode("ascii").rstrip("\x00 "))  # validated (and warned about) as pydicom does
+    return NOT_PLAIN
 
 
 def attr(ds: Any, keyword: str, default: Any = None) -> Any:
@@ -51,15 +65,49 @@ def attr(ds: Any, keyword: str, default: Any = None) -> Any:
 
     Raises whatever pydicom raises converting the element's raw value (as ``ds.get`` does).
     """
-    tag = _tag(keyword)
+    tag = keyword_tag(keyword)
     if tag is None:
         return ds.get(keyword, default)  # not a DICOM keyword: pydicom's own lookup (class attributes)
     elem = ds._dict.get(tag)
     if elem is None:
         return default
     if isinstance(elem, RawDataElement):
-        value = _plain(elem, int(tag))
-        if value is not _NOT_PLAIN:
+        value = plain_value(elem, int(tag))
+        if value is not NOT_PLAIN:
             return value
         elem = ds[tag]
     return elem.value
+
+
+_NUM = rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+#: a raw DS value of one or more numbers, each part non-empty (PS3.5 6.2), padded at the end with spaces or NULs
+_DS_NUMBERS = re.compile(rb" *%s *(?:\\ *%s *)*[ \x00]*" % (_NUM, _NUM))
+
+
+def _ds_defaults() -> bool:
+    """pydicom converts DS values to ``DSfloat`` and only warns about their length (its reading defaults)."""
+    from pydicom import config
+
+    return not config.use_DS_numpy and not config.use_DS_decimal and \
+        config.settings.reading_validation_mode != config.RAISE
+
+
+def numbers(ds: Any, keyword: str, default: Any = None) -> Any:
+    """``attr(ds, keyword, default)`` for a value that is used only as numbers.
+
+    A top-level DS element still in its raw form whose every part is a decimal number is read
+    from its bytes: one ``float`` for one value, a tuple of floats for several, equal to
+    ``float(v)`` of each ``DSfloat`` pydicom's conversion gives (pydicom decodes, strips, splits on
+    backslashes and calls ``float`` on each part: the same correctly rounded parse). The element
+    is left raw. Anything else (another VR, an empty or malformed value, pydicom configured to
+    return numpy or Decimal values or to raise on long values) is :func:`attr`'s value.
+    """
+    tag = keyword_tag(keyword)
+    elem = None if tag is None else ds._dict.get(tag)
+    if isinstance(elem, RawDataElement):
+        value = elem.value
+        if isinstance(value, bytes) and value and (elem.VR or dictionary_vr(int(tag))) == "DS" \
+                and _DS_NUMBERS.fullmatch(value) is not None and _ds_defaults():
+            parts = value.rstrip(b" \x00").split(b"\\")
+            return float(parts[0]) if len(parts) == 1 else tuple(float(p) for p in parts)
+    return attr(ds, keyword, default)

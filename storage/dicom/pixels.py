@@ -81,7 +81,7 @@ def _transfer_syntax(ds):
     from pydicom.uid import UID, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
-    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    ts = attr(meta, "TransferSyntaxUID") if meta is not None else None
     return UID(str(ts)) if ts else ImplicitVRLittleEndian
 
 

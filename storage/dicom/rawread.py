@@ -283,7 +283,10 @@ def _dataset(data: bytes) -> FileDataset:
     ds = Dataset(elements)
     ds.set_original_encoding(implicit, True, encoding)
     fds = FileDataset(BytesIO(data), ds, data[:128], meta, implicit, True)
-    fds.set_original_encoding(implicit, True, ds._character_set)
+    charset = elements.get(_CHARSET)  # type: ignore[call-overload]
+    # ``ds._character_set`` converts the element; the encoding read above is its value when the VR is CS
+    fds.set_original_encoding(implicit, True, encoding if charset is None or charset.VR in (None, "CS")
+                              else ds._character_set)
     return fds
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import ConvertedMask, ConvertedVolume, Rejection
+from storage.dicom.rawseq import RawItem, sequence_items
 
 __all__ = ["rasterise_rtstruct", "find_referenced_volume", "rasterise_contours", "fill_polygon", "contour_points"]
 
@@ -32,7 +33,7 @@ def _sha(ds) -> str:
 
 def _referenced_series_uids(ds) -> list[str]:
     out = []
-    for fr in ds.get("ReferencedFrameOfReferenceSequence") or []:
+    for fr in sequence_items(ds, "ReferencedFrameOfReferenceSequence"):
         for st in fr.get("RTReferencedStudySequence") or []:
             for se in st.get("RTReferencedSeriesSequence") or []:
                 uid = str(se.get("SeriesInstanceUID", "") or "")
@@ -43,12 +44,12 @@ def _referenced_series_uids(ds) -> list[str]:
 
 def _referenced_instance_uids(ds) -> set[str]:
     out: set[str] = set()
-    for fr in ds.get("ReferencedFrameOfReferenceSequence") or []:
+    for fr in sequence_items(ds, "ReferencedFrameOfReferenceSequence"):
         for st in fr.get("RTReferencedStudySequence") or []:
             for se in st.get("RTReferencedSeriesSequence") or []:
                 for ci in se.get("ContourImageSequence") or []:
                     out.add(str(ci.get("ReferencedSOPInstanceUID", "")))
-    for rc in ds.get("ROIContourSequence") or []:
+    for rc in sequence_items(ds, "ROIContourSequence"):
         for c in rc.get("ContourSequence") or []:
             for ci in c.get("ContourImageSequence") or []:
                 out.add(str(ci.get("ReferencedSOPInstanceUID", "")))
@@ -57,8 +58,8 @@ def _referenced_instance_uids(ds) -> set[str]:
 
 
 def _frame_of_reference_uids(ds) -> set[str]:
-    out = {str(fr.get("FrameOfReferenceUID", "")) for fr in ds.get("ReferencedFrameOfReferenceSequence") or []}
-    for r in ds.get("StructureSetROISequence") or []:
+    out = {str(fr.get("FrameOfReferenceUID", "")) for fr in sequence_items(ds, "ReferencedFrameOfReferenceSequence")}
+    for r in sequence_items(ds, "StructureSetROISequence"):
         out.add(str(r.get("ReferencedFrameOfReferenceUID", "")))
     out.discard("")
     return out
@@ -109,14 +110,25 @@ def contour_points(item) -> np.ndarray:
     converted the element yet; the values are those ``float(DSfloat)`` gives. Falls back to
     pydicom's conversion otherwise.
 
+    Parameters
+    ----------
+    item : pydicom.Dataset or RawItem
+        One ContourSequence item.
+
     Raises
     ------
     ValueError
-        When the values are not numbers or their count is not a multiple of 3.
+        When the values are not numbers, their count is not a multiple of 3, or (a
+        :class:`~storage.dicom.rawseq.RawItem`) the item has no ContourData.
     """
     from pydicom.dataelem import RawDataElement
 
-    elem = item.get_item(_CONTOUR_DATA) if _CONTOUR_DATA in item else None
+    if isinstance(item, RawItem):
+        elem = item.raw(_CONTOUR_DATA)
+        if elem is None:  # (a pydicom item raises AttributeError from pydicom: also a bad contour)
+            raise ValueError("the contour has no ContourData")
+    else:
+        elem = item.get_item(_CONTOUR_DATA) if _CONTOUR_DATA in item else None
     if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes | bytearray):
         raw = bytes(elem.value).rstrip(b" \x00")
         if raw.isascii():
@@ -126,7 +138,8 @@ def contour_points(item) -> np.ndarray:
             if values is not None and values.size % 3 == 0:
                 return values.reshape(-1, 3)
             # otherwise pydicom decides (same outcome as before for odd values)
-    return np.asarray([float(v) for v in item.ContourData], dtype=np.float64).reshape(-1, 3)
+    values = item.get("ContourData") if isinstance(item, RawItem) else item.ContourData
+    return np.asarray([float(v) for v in values], dtype=np.float64).reshape(-1, 3)
 
 
 def _decimals(raw: bytes) -> np.ndarray | None:
@@ -306,13 +319,13 @@ def rasterise_rtstruct(ds_rtstruct, volumes: list[ConvertedVolume], *, sha256: s
     if vol.meta.get("channels") == "RGB":
         spatial_shape = vol.volume.shape[-4:-1]
     names = {}
-    for r in ds_rtstruct.get("StructureSetROISequence") or []:
+    for r in sequence_items(ds_rtstruct, "StructureSetROISequence"):
         names[int(r.get("ROINumber", -1))] = str(r.get("ROIName", "") or "")
     interp = {}
-    for o in ds_rtstruct.get("RTROIObservationsSequence") or []:
+    for o in sequence_items(ds_rtstruct, "RTROIObservationsSequence"):
         interp[int(o.get("ReferencedROINumber", -1))] = str(o.get("RTROIInterpretedType", "") or "")
     masks: list[ConvertedMask] = []
-    for rc in ds_rtstruct.get("ROIContourSequence") or []:
+    for rc in sequence_items(ds_rtstruct, "ROIContourSequence"):
         number = int(rc.get("ReferencedROINumber", -1))
         name = names.get(number, f"roi_{number}")
         contours: list[np.ndarray] = []

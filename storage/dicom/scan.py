@@ -238,7 +238,9 @@ def classify(ds) -> ObjectKind:
     treatment records), ``other`` (DICOMDIR, raw data, registrations, encapsulated
     documents, waveforms, unknown classes without pixel geometry).
     """
-    sop = str(ds.get("SOPClassUID", "") or "")
+    from storage.dicom.attrs import attr  # (pydicom: not imported with this module)
+
+    sop = str(attr(ds, "SOPClassUID", "") or "")
     if not sop:
         meta = getattr(ds, "file_meta", None)
         sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or "") if meta is not None else ""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from imaging.geometry import position_along_normal, slice_normal
-from storage.dicom.attrs import attr
+from storage.dicom.attrs import attr, numbers
 from storage.dicom.guard.common import dictionary_vr
 from storage.dicom.model import FileEntry, Rejection, SeriesGroup
 
@@ -217,12 +217,12 @@ def unreadable_geometry(ds) -> str | None:
     placed at the origin (fuzz seed 7: ImagePositionPatient with VR US or AT, ImageOrientationPatient with VR AT).
     """
     for name, tag, n in _PLANE_GEOMETRY:
-        if tag not in ds:
+        elem = ds._dict.get(tag)  # (the VR is all that is read of it: a deferred value need not be loaded)
+        if elem is None:
             continue
-        elem = ds.get_item(tag)
         vr = elem.VR or "DS"  # implicit VR, not converted yet: the dictionary's VR
         try:
-            value = ds[tag].value
+            value = numbers(ds, name)  # a well-formed raw value is read as floats and left raw
         except Exception:  # noqa: BLE001 - a value that does not decode is unreadable (the ingest rejects it first)
             return name
         if value is None or (isinstance(value, str | bytes) and not value.strip()) or \
@@ -234,7 +234,7 @@ def unreadable_geometry(ds) -> str | None:
 
 
 def _num(ds, name: str) -> float | None:
-    v = attr(ds, name)
+    v = numbers(ds, name)
     if v is None or v == "":
         return None
     try:
@@ -255,9 +255,9 @@ def _time_key(e: FileEntry) -> tuple[float, float, float, float]:
 
 
 def _split_key(ds) -> tuple:
-    iop = _floats(attr(ds, "ImageOrientationPatient"), 6)
+    iop = _floats(numbers(ds, "ImageOrientationPatient"), 6)
     iop_r = tuple(round(v, 4) + 0.0 for v in iop) if iop else None
-    ps = _floats(attr(ds, "PixelSpacing"), 2)
+    ps = _floats(numbers(ds, "PixelSpacing"), 2)
     ps_r = tuple(round(v, 5) for v in ps) if ps else None
     image_type = tuple(str(v).upper() for v in (attr(ds, "ImageType") or []))
     echo = _num(ds, "EchoNumbers")
@@ -350,8 +350,8 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
         if frames > 1 and not is_mosaic(ds):
             plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (attr(ds, "ImageType") or [])]}))
             continue
-        has_iop = _floats(attr(ds, "ImageOrientationPatient"), 6) is not None
-        has_ipp = _floats(attr(ds, "ImagePositionPatient"), 3) is not None
+        has_iop = _floats(numbers(ds, "ImageOrientationPatient"), 6) is not None
+        has_ipp = _floats(numbers(ds, "ImagePositionPatient"), 3) is not None
         if has_iop != has_ipp:  # half a plane (the other attribute absent): a 2-D image would invent the other half
             rejections.append(Rejection(e.sha256, "missing_geometry", "ImagePositionPatient without "
                                         "ImageOrientationPatient or the reverse: the plane cannot be placed",
@@ -380,7 +380,7 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
 
 
 def _positions(part: list[FileEntry], normal: np.ndarray) -> np.ndarray:
-    ipp = np.array([_floats(attr(e.dataset, "ImagePositionPatient"), 3) for e in part], dtype=np.float64)
+    ipp = np.array([_floats(numbers(e.dataset, "ImagePositionPatient"), 3) for e in part], dtype=np.float64)
     return position_along_normal(ipp, normal)
 
 

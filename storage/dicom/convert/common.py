@@ -14,7 +14,7 @@ from imaging.geometry import (
     position_along_normal,
     slice_spacing_stats,
 )
-from storage.dicom.attrs import attr
+from storage.dicom.attrs import numbers
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, Rejection
 from storage.dicom.pixels import (
@@ -248,8 +248,8 @@ def _single_slices(entries: list[FileEntry], rejections: list[Rejection]) -> lis
         if ds is None:
             continue
         slope, inter, _ = _rescale_of(ds)
-        out.append(_Slice(e, ds, 0, np.array(_floats(attr(ds, "ImagePositionPatient"), 3)),
-                          _floats(attr(ds, "ImageOrientationPatient"), 6), _valid_ps(attr(ds, "PixelSpacing")),
+        out.append(_Slice(e, ds, 0, np.array(_floats(numbers(ds, "ImagePositionPatient"), 3)),
+                          _floats(numbers(ds, "ImageOrientationPatient"), 6), _valid_ps(numbers(ds, "PixelSpacing")),
                           slope, inter))
     return out
 

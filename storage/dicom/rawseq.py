@@ -1,0 +1,240 @@
+"""Items of a still-encoded sequence, read without building a pydicom data set per item.
+
+A data set from :func:`storage.dicom.rawread.dataset_from_bytes` keeps every sequence as its
+encoded bytes; pydicom's ``convert_SQ`` parses one on first access into a ``Dataset`` per item,
+each element through its generic element reader, nested sequences included. An RT Structure
+Set holds tens of thousands of items (one per contour, one per referenced image, nested three
+deep) of which the collection reads a few values: that parse was a fifth of converting one
+patient's RTSTRUCT. :func:`sequence_items` returns the items as :class:`RawItem`: each item's
+elements unpacked once from the bytes as the same ``RawDataElement`` tuples pydicom's reader
+builds (tag, VR, length, value bytes), nested sequences kept encoded until they are asked for.
+Values are what pydicom gives: one plain US, CS or UI value is decoded as pydicom decodes it
+(:func:`storage.dicom.attrs.plain_value`), anything else is read by pydicom from a data set
+built of the same raw elements (:meth:`RawItem.dataset`).
+
+It handles the layout the top-level reader handles (little endian; items of the data set's
+own VR encoding; defined- or undefined-length items and sequences). Anything else (an item in
+the other VR encoding, which pydicom switches to; an undefined-length value that is not a
+sequence; a length running past its container; bytes that are not an item where one must
+start) makes :func:`sequence_items` return what ``ds.get(keyword)`` returns: pydicom decides.
+
+Standard: PS3.5 7.5 (nesting of data sets), 7.5.1 (item encoding rules), 7.5.2 (delimitation).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+from storage.dicom.attrs import NOT_PLAIN, keyword_tag, plain_value
+from storage.dicom.guard.common import dictionary_vr
+from storage.dicom.rawread import (
+    _HHL,
+    _ITEM,
+    _ITEM_DELIM,
+    _L,
+    _LONG_VRS,
+    _SEQ_DELIM,
+    _UNDEFINED,
+    _VR_TEXT,
+    _empty,
+    _HH2sH,
+    _is_vr,
+    _skip_items,
+    _Unusual,
+)
+
+__all__ = ["RawItem", "sequence_items"]
+
+_CHARSET = 0x00080005
+
+
+class RawItem:
+    """One sequence item, its elements raw (``{tag: RawDataElement}``), read like ``Dataset.get``.
+
+    Parameters
+    ----------
+    elements : dict
+        The item's elements as pydicom's reader records them.
+    encoding : str or list of str
+        The character set the item inherits (its parent data set's).
+    implicit : bool
+        The item's VR encoding.
+    """
+
+    __slots__ = ("_elements", "_encoding", "_implicit", "_dataset")
+
+    def __init__(self, elements: dict[BaseTag, RawDataElement], encoding: Any, implicit: bool) -> None:
+        self._elements = elements
+        self._encoding = encoding
+        self._implicit = implicit
+        self._dataset: Dataset | None = None
+
+    def __contains__(self, keyword: str) -> bool:
+        tag = keyword_tag(keyword)
+        return tag is not None and tag in self._elements
+
+    def __len__(self) -> int:
+        return len(self._elements)
+
+    def tags(self) -> list[BaseTag]:
+        """The item's tags, in the order of the bytes."""
+        return list(self._elements)
+
+    def raw(self, tag: int) -> RawDataElement | None:
+        """The element ``tag`` as read from the bytes (not converted), or None."""
+        return self._elements.get(tag)  # type: ignore[call-overload]
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        """``Dataset.get(keyword, default)`` of the same item; a sequence comes back as a list of items.
+
+        A nested sequence still encoded is returned as :class:`RawItem` objects (when its bytes
+        are in the layout read here), else as pydicom's ``Sequence`` of data sets.
+        """
+        tag = keyword_tag(keyword)
+        if tag is None or _CHARSET in self._elements:  # not a keyword, or an item with its own character set
+            return self.dataset().get(keyword, default)
+        elem = self._elements.get(tag)
+        if elem is None:
+            return default
+        if (elem.VR or dictionary_vr(int(tag))) == "SQ" and isinstance(elem.value, bytes):
+            items = _parse(elem, self._encoding)
+            if items is not None:
+                return items
+        else:
+            value = plain_value(elem, int(tag))
+            if value is not NOT_PLAIN:
+                return value
+        return self.dataset().get(keyword, default)
+
+    def dataset(self) -> Dataset:
+        """The item as the ``Dataset`` pydicom's sequence reader builds of these elements (made once)."""
+        if self._dataset is None:
+            from pydicom.charset import convert_encodings
+            from pydicom.dataelem import convert_raw_data_element
+
+            ds = Dataset(dict(self._elements), parent_encoding=self._encoding)
+            charset = self._elements.get(_CHARSET)  # type: ignore[call-overload]
+            encoding = convert_encodings(convert_raw_data_element(charset).value) if charset is not None \
+                else self._encoding
+            ds.set_original_encoding(self._implicit, True, encoding)
+            self._dataset = ds
+        return self._dataset
+
+
+def sequence_items(ds: Any, keyword: str) -> list:
+    """The items of the top-level sequence ``keyword`` of ``ds`` (``ds.get(keyword) or []``).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+    keyword : str
+        A sequence's keyword (PS3.6).
+
+    Returns
+    -------
+    list
+        :class:`RawItem` objects when the sequence is still encoded in the layout read here
+        (the data set itself is not changed), else the ``Dataset`` items pydicom gives.
+    """
+    tag = keyword_tag(keyword)
+    elem = None if tag is None else ds._dict.get(tag)
+    if isinstance(elem, RawDataElement) and elem.is_little_endian and isinstance(elem.value, bytes) \
+            and (elem.VR or dictionary_vr(int(tag))) == "SQ":
+        from pydicom.charset import default_encoding
+
+        items = _parse(elem, ds._character_set or [default_encoding])
+        if items is not None:
+            return items
+    return ds.get(keyword) or []
+
+
+def _parse(elem: RawDataElement, encoding: Any) -> list | None:
+    """The items of an encoded sequence element, or None when its bytes are not in the layout read here."""
+    data = elem.value
+    if not data:
+        return []
+    try:
+        return _items(data, implicit=elem.is_implicit_VR, base=elem.value_tell or 0, encoding=encoding)
+    except (_Unusual, struct.error):
+        return None
+
+
+def _items(data: bytes, *, implicit: bool, base: int, encoding: Any) -> list[RawItem]:
+    """Every item of a sequence value (defined length: the whole of ``data``; undefined: up to its delimiter)."""
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            raise _Unusual
+        group, elem, length = _HHL.unpack_from(data, pos)
+        tag = group << 16 | elem
+        pos += 8
+        if tag == _SEQ_DELIM:
+            if pos != end:
+                raise _Unusual  # bytes after the delimiter: pydicom's reader stops there; let it decide
+            break
+        if tag != _ITEM:
+            raise _Unusual
+        stop = None if length == _UNDEFINED else pos + length
+        if stop is not None and stop > end:
+            raise _Unusual
+        elements, pos = _elements(data, pos, stop, implicit=implicit, base=base)
+        out.append(RawItem(elements, encoding, implicit))
+    return out
+
+
+def _elements(data: bytes, pos: int, stop: int | None, *, implicit: bool,
+              base: int) -> tuple[dict[BaseTag, RawDataElement], int]:
+    """The elements of one item from ``pos`` (to ``stop``, or to its Item Delimitation Item); the offset after it."""
+    limit = len(data) if stop is None else stop
+    if not implicit and pos + 6 <= limit and data[pos:pos + 2] != b"\xfe\xff" and not _is_vr(data[pos + 4:pos + 6]):
+        raise _Unusual  # an implicit-VR item in an explicit data set: pydicom switches encoding for it
+    elements: dict[BaseTag, RawDataElement] = {}
+    while True:
+        if stop is not None and pos == stop:
+            return elements, pos
+        if pos + 8 > limit:
+            raise _Unusual
+        if data[pos:pos + 2] == b"\xfe\xff":  # an item-level tag: only the delimiter of an undefined-length item
+            group, el, length = _HHL.unpack_from(data, pos)
+            if stop is not None or (group << 16 | el) != _ITEM_DELIM or length != 0:
+                raise _Unusual
+            return elements, pos + 8
+        if implicit:
+            group, el, length = _HHL.unpack_from(data, pos)
+            vr = None
+            value_pos = pos + 8
+        else:
+            group, el, vrb, length = _HH2sH.unpack_from(data, pos)
+            vr = _VR_TEXT.get(vrb)
+            if vr is None:
+                raise _Unusual
+            if vrb in _LONG_VRS:
+                if pos + 12 > limit:
+                    raise _Unusual
+                length = _L.unpack_from(data, pos + 8)[0]
+                value_pos = pos + 12
+            else:
+                value_pos = pos + 8
+        tag = BaseTag(group << 16 | el)
+        if length == _UNDEFINED:
+            if (vr or dictionary_vr(int(tag))) != "SQ":
+                raise _Unusual  # undefined-length UN or private data: pydicom's reader decides
+            end = _skip_items(data, value_pos, implicit=implicit, depth=1)
+            if end > limit:
+                raise _Unusual
+            # kept encoded, delimiter included, as the top-level reader keeps a sequence
+            elements[tag] = RawDataElement(tag, "SQ" if vr is None else vr, _UNDEFINED, data[value_pos:end],
+                                           base + value_pos, implicit, True)
+            pos = end
+            continue
+        pos = value_pos + length
+        if pos > limit:
+            raise _Unusual
+        value = data[value_pos:pos] if length else _empty(vr)
+        elements[tag] = RawDataElement(tag, vr, length, value, base + value_pos, implicit, True)

@@ -1,0 +1,183 @@
+"""storage.dicom.rawseq: sequence items read from the bytes equal pydicom's items, element by element.
+
+The oracle is ``pydicom.dcmread`` of the same bytes: every element of every item, nested
+sequences included, gives the same value (and type) through :meth:`RawItem.get` as through
+``Dataset.get``; where the bytes are not in the layout the reader handles, it hands over to pydicom.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pydicom
+import pytest
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from storage.dicom.rawread import dataset_from_bytes
+from storage.dicom.rawseq import RawItem, sequence_items
+from storage.dicom.rtstruct import contour_points
+
+SEQUENCES = ("ReferencedFrameOfReferenceSequence", "StructureSetROISequence", "ROIContourSequence",
+             "RTROIObservationsSequence")
+
+
+def _same_items(got: list, want, path: str = "") -> int:
+    """Assert ``got`` (RawItem or Dataset items) equals pydicom's ``want`` items; the number of values compared."""
+    want = list(want or [])
+    assert len(got) == len(want), path
+    n = 0
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        tags = [t for t in w.keys()]
+        if isinstance(g, RawItem):
+            assert sorted(g.tags()) == sorted(tags), f"{path}[{k}]"
+        for tag in tags:
+            kw = keyword_for_tag(tag)
+            if not kw:
+                continue
+            gv, wv = g.get(kw), w.get(kw)
+            if isinstance(wv, Sequence):
+                n += _same_items(gv, wv, f"{path}[{k}].{kw}")
+            else:
+                assert type(gv) is type(wv) and gv == wv, (f"{path}[{k}].{kw}", gv, wv)
+                n += 1
+    return n
+
+
+def _rtstructs(shared):
+    files = sorted(shared.glob("sts_cohort/dicom/STS_0*/*/mask/*.dcm"))
+    files += sorted(p for p in (shared / "ibsi_sts_ct_pet_mr_rtstruct").rglob("*") if p.is_file())
+    out = []
+    for p in files:
+        data = p.read_bytes()
+        if data[128:132] == b"DICM" and b"1.2.840.10008.5.1.4.1.1.481.3" in data[:4096]:
+            out.append((p, data))
+    return out
+
+
+def test_rtstruct_items_equal_pydicom(shared_data):
+    """Every RTSTRUCT in the shared data: all items of its sequences, every value, as pydicom reads them."""
+    files = _rtstructs(shared_data)
+    assert len(files) >= 78
+    compared = raw_items = 0
+    for p, data in files:
+        ds, ref = dataset_from_bytes(data), pydicom.dcmread(io.BytesIO(data))
+        for kw in SEQUENCES:
+            got = sequence_items(ds, kw)
+            raw_items += sum(isinstance(i, RawItem) for i in got)
+            compared += _same_items(got, ref.get(kw), f"{p.name}:{kw}")
+        # the data set itself is left as it was: the sequences are still encoded
+        assert all(type(ds._dict[ref.data_element(kw).tag]).__name__ == "RawDataElement"
+                   for kw in SEQUENCES if kw in ref)
+        for rc_got, rc_want in zip(sequence_items(ds, "ROIContourSequence"), ref.ROIContourSequence, strict=True):
+            for c_got, c_want in zip(rc_got.get("ContourSequence") or [], rc_want.get("ContourSequence") or [],
+                                     strict=True):
+                assert contour_points(c_got).tobytes() == contour_points(c_want).tobytes()
+    assert raw_items >= 4 * len(files) and compared > 10_000, (raw_items, compared)
+
+
+def _structure_set(*, undefined: bool, charset_in_item: bool = False, implicit: bool = False) -> Dataset:
+    """A small RT Structure Set with two ROIs, nested contour and image references."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", "1.2.3.9"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    image = Dataset()
+    image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"
+    series = Dataset()
+    series.SeriesInstanceUID = "1.2.3.4"
+    series.ContourImageSequence = Sequence([image, image])
+    study = Dataset()
+    study.ReferencedSOPInstanceUID = "1.2.3"
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = "1.2.3.7"
+    frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    rois, contours = [], []
+    for n, name in ((1, "GTV tumour"), (2, "Läsion\\2")):  # Latin-1 text, a backslash (two LO values)
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = n, name, "1.2.3.7"
+        if charset_in_item:
+            roi.SpecificCharacterSet = "ISO_IR 192"
+        rois.append(roi)
+        c = Dataset()
+        c.ContourGeometricType, c.NumberOfContourPoints = "CLOSED_PLANAR", 3
+        c.ContourData = ["1.5", "-2", "3e1", "4", "5.25", "30", "7", "8", "30"]
+        c.ContourImageSequence = Sequence([image])
+        rc = Dataset()
+        rc.ReferencedROINumber, rc.ROIDisplayColor = n, [255, 0, 0]
+        rc.ContourSequence = Sequence([c, c])
+        contours.append(rc)
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours)
+    ds.RTROIObservationsSequence = Sequence([])
+    if undefined:
+        for elem in ds.iterall():
+            if elem.VR == "SQ":
+                elem.value.is_undefined_length = True
+                for item in elem.value:
+                    item.is_undefined_length_sequence_item = True
+    return ds
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("undefined", [True, False])
+def test_synthetic_items_equal_pydicom(tmp_path, implicit, undefined):
+    """Implicit and explicit VR, defined- and undefined-length sequences and items, nested three deep."""
+    ds = _structure_set(undefined=undefined, implicit=implicit)
+    path = tmp_path / "rs.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    fresh, ref = dataset_from_bytes(data), pydicom.dcmread(path)
+    assert fresh is not None
+    for kw in SEQUENCES:
+        got = sequence_items(fresh, kw)
+        assert all(isinstance(i, RawItem) for i in got), kw
+        _same_items(got, ref.get(kw), kw)
+    roi = sequence_items(fresh, "StructureSetROISequence")[1]
+    assert list(roi.get("ROIName")) == ["Läsion", "2"]  # read by pydicom from the item's raw elements
+    assert "ROIName" in roi and "ContourData" not in roi and roi.get("ContourData", 7) == 7
+    contour = sequence_items(fresh, "ROIContourSequence")[0].get("ContourSequence")[0]
+    assert contour_points(contour).tolist() == [[1.5, -2.0, 30.0], [4.0, 5.25, 30.0], [7.0, 8.0, 30.0]]
+
+
+def test_item_with_its_own_character_set(tmp_path):
+    """An item carrying SpecificCharacterSet: its values are read by pydicom, with that character set."""
+    ds = _structure_set(undefined=True, charset_in_item=True)
+    path = tmp_path / "cs.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    fresh, ref = dataset_from_bytes(path.read_bytes()), pydicom.dcmread(path)
+    _same_items(sequence_items(fresh, "StructureSetROISequence"), ref.StructureSetROISequence)
+
+
+def test_unusual_layouts_are_left_to_pydicom(tmp_path):
+    """Bytes outside the layout read here: pydicom's own items (the same values), never an error of ours."""
+    ds = _structure_set(undefined=False)
+    path = tmp_path / "u.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = bytearray(path.read_bytes())
+    fresh = dataset_from_bytes(bytes(data))
+    elem = fresh._dict[pydicom.tag.Tag("StructureSetROISequence")]
+    # the first item's first element written in implicit VR inside the explicit data set (pydicom switches for it)
+    value = bytearray(elem.value)
+    first = value[8:16]
+    assert first[4:6] == b"IS"
+    length = int.from_bytes(first[6:8], "little")
+    value[8:16] = first[:4] + length.to_bytes(4, "little")
+    fresh._dict[elem.tag] = elem._replace(value=bytes(value))
+    items = sequence_items(fresh, "StructureSetROISequence")
+    assert items and not isinstance(items[0], RawItem)
+    assert int(items[0].ROINumber) == 1
+    # an empty sequence
+    assert sequence_items(fresh, "RTROIObservationsSequence") == []
+    assert sequence_items(fresh, "DirectoryRecordSequence") == []  # absent
