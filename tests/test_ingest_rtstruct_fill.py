@@ -94,3 +94,30 @@ def test_decimal_parser_gives_the_bits_float_gives_and_refuses_what_float_refuse
         with pytest.raises(ValueError):
             [float(p) for p in bad.decode().split("\\")]
         assert _decimals(bad) is None, bad
+
+
+def test_arrow_decimal_path_gives_the_bits_float_gives():
+    """The fast path (Arrow's fast_float cast) is correctly rounded: float's bits, halfway cases included;
+    what it refuses (spaces, underscores, empty parts) goes to numpy's parser, which still matches float."""
+    from decimal import Decimal, getcontext
+
+    from storage.dicom.rtstruct import _decimals, _decimals_arrow
+
+    rng = np.random.default_rng(7)
+    parts = [f"{rng.normal(0, 300):.{int(rng.integers(0, 17))}f}" for _ in range(3000)]
+    parts += [f"{int(rng.integers(0, 10**15))}e{int(rng.integers(-330, 310))}" for _ in range(3000)]
+    parts += ["".join(rng.choice(list("0123456789"), size=int(n))) + "." + "".join(rng.choice(list("0123456789"),
+              size=25 - int(n))) for n in rng.integers(1, 24, size=2000)]  # 25 significant digits
+    getcontext().prec = 60
+    for x in rng.uniform(-1e4, 1e4, size=2000):  # exact midpoints between neighbouring doubles: round to even
+        parts.append(format((Decimal(float(x)) + Decimal(float(np.nextafter(x, np.inf)))) / 2, "f"))
+    parts += ["2.2250738585072011e-308", "4.9406564584124654e-324", "1.7976931348623157e308", "1e400",
+              "9007199254740993", "-0", "+.5", "5.", "0.1", "1E5", "-1.5e+3"]
+    raw = "\\".join(parts).encode()
+    expected = np.array([float(p) for p in parts])
+    fast = _decimals_arrow(raw)
+    assert fast is not None and fast.flags.writeable
+    assert np.array_equal(fast.view(np.int64), expected.view(np.int64))
+    for refused in (b"1\\ 2", b"1_0\\2", b"1\\\\2", b"1\\", b"1e\\2", b"0x10"):
+        assert _decimals_arrow(refused) is None, refused
+    assert np.array_equal(_decimals(b"1\\ 2 \\3"), [1.0, 2.0, 3.0])  # spaces: numpy's parser, as float reads them

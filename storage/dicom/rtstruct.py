@@ -145,10 +145,15 @@ def contour_points(item) -> np.ndarray:
 def _decimals(raw: bytes) -> np.ndarray | None:
     """The numbers of a backslash-separated ASCII decimal string, or None when one part is not a number.
 
-    numpy's text parser (correctly rounded, like ``float``: bit-identical values) in one call; a value
+    Arrow's string-to-double cast first (the vendored ``fast_float``: correctly rounded, like ``float``,
+    about 3x faster than numpy's parser); it refuses spaces, underscores and empty parts, which ``float``
+    accepts or refuses part by part. Then numpy's text parser (also correctly rounded) in one call; a value
     it cannot read to its end (it warns and stops there), or an empty part (``"1\\\\2"``, a trailing
     backslash: it skips them, ``float`` refuses them) gives None, like ``float`` raising on that part.
     """
+    values = _decimals_arrow(raw)
+    if values is not None:
+        return values
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # "string or file could not be read to its end"
         try:
@@ -156,6 +161,20 @@ def _decimals(raw: bytes) -> np.ndarray | None:
         except (ValueError, DeprecationWarning):
             return None
     return values if values.size == raw.count(b"\\") + 1 else None
+
+
+def _decimals_arrow(raw: bytes) -> np.ndarray | None:
+    """Every part of ``raw`` as Arrow's cast to float64 reads it, or None when Arrow refuses a part."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        values = pc.cast(pc.list_flatten(pc.split_pattern(pa.array([raw], type=pa.binary()), "\\")), pa.float64())
+    except pa.ArrowInvalid:
+        return None
+    if values.null_count:
+        return None
+    return values.to_numpy(zero_copy_only=False, writable=True)
 
 
 def fill_polygon(r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
