@@ -18,7 +18,7 @@ __all__ = ["WORKER_MODULES", "default_workers", "start_worker_server", "worker_c
 #: scipy.signal, dask.array and the filter bank per worker, at the start of every collection).
 WORKER_MODULES = ("medflow.config", "storage.collect", "storage.dicom.ingest", "storage.dicom.convert",
                   "storage.dicom.rawread", "storage.dicom.rtstruct", "storage.dicom.seg", "storage.dicom.pixels",
-                  "storage.deid.vocabulary", "imaging.qc", "pydicom", "zarr")
+                  "storage.deid.vocabulary", "imaging.qc", "pydicom", "zarr", "storage.preload")
 
 
 def default_workers() -> int:

@@ -4,7 +4,7 @@ PS3.3 C.8.8.6 (ROI Contour Module): each ROI has ``CLOSED_PLANAR`` contours, lis
 (x, y, z) points in patient LPS mm lying on an image plane. A contour is mapped to
 (row, column) voxel coordinates with the inverse affine of the referenced volume and
 filled with the even-odd rule at voxel centres (the crossing test of
-:func:`skimage.draw.polygon`, vectorised over rows and edges in :func:`fill_polygon`, which gives
+:func:`skimage.draw.polygon`, compiled in :func:`imaging.raster.fill_polygon`, which gives
 the same pixels); several contours of one ROI on one slice are combined by XOR, so an inner
 contour cuts a hole. ContourData (DS, often millions of values per file) is parsed from the raw
 element bytes with numpy (:func:`contour_points`) instead of one Python object per number.
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.raster import fill_polygon
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import ConvertedMask, ConvertedVolume, Rejection
 from storage.dicom.rawseq import RawItem, sequence_items
@@ -175,89 +176,6 @@ def _decimals_arrow(raw: bytes) -> np.ndarray | None:
     if values.null_count:
         return None
     return values.to_numpy(zero_copy_only=False, writable=True)
-
-
-def fill_polygon(r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels whose centre lies inside the polygon or on its boundary, as a bool ``shape`` array.
-
-    The same pixels as :func:`skimage.draw.polygon` (its ray-crossing classification after
-    O'Rourke, *Computational Geometry in C*: a pixel is drawn when it is a vertex (within
-    ``1e-12``), or when the right- or left-crossing count of the edges straddling its row is
-    odd, i.e. inside or on an edge), with the same floating-point expressions, evaluated for
-    all (row, straddling edge, column) triples at once: cost O(rows x edges + crossings x
-    columns) instead of O(rows x columns x edges) in a per-pixel loop.
-
-    Parameters
-    ----------
-    r, c : (n,) float arrays
-        Row and column coordinates of the vertices (voxel units).
-    shape : (rows, columns)
-        Output shape; pixels outside it are not drawn.
-    """
-    out = np.zeros(shape, dtype=bool)
-    r = np.ascontiguousarray(r, dtype=np.float64)
-    c = np.ascontiguousarray(c, dtype=np.float64)
-    if r.size == 0 or not (np.all(np.isfinite(r)) and np.all(np.isfinite(c))):
-        return out
-    r0 = int(max(0.0, float(r.min())))
-    r1 = min(shape[0] - 1, int(np.ceil(r.max())))
-    c0 = int(max(0.0, float(c.min())))
-    c1 = min(shape[1] - 1, int(np.ceil(c.max())))
-    if r1 < r0 or c1 < c0:
-        return out
-    xp, yp = c, r
-    xq, yq = np.roll(xp, 1), np.roll(yp, 1)  # the previous vertex of each edge (wrapping)
-    ri, ei, y0, y1, rstrad, lstrad = _straddling(yp, yq, r0, r1)
-    n_rows, n_cols = r1 - r0 + 1, c1 - c0 + 1
-    odd = np.zeros((n_rows, n_cols), dtype=bool)
-    if ri.size:
-        xs = np.arange(c0, c1 + 1, dtype=np.float64)[None, :]
-        x0 = xp[ei][:, None] - xs  # (crossings, columns)
-        x1 = xq[ei][:, None] - xs
-        a0 = y0[:, None]
-        a1 = y1[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xx = (x0 * a1 - x1 * a0) / (a1 - a0)
-        # parity of the crossings per row: XOR-reduce the (sorted-by-row) crossings of each row
-        rows_hit, starts = np.unique(ri, return_index=True)
-        right = np.bitwise_xor.reduceat(rstrad[:, None] & (xx > 0), starts, axis=0)
-        left = np.bitwise_xor.reduceat(lstrad[:, None] & (xx < 0), starts, axis=0)
-        odd[rows_hit] = right | left  # inside (right odd) or on an edge (parities differ)
-    out[r0:r1 + 1, c0:c1 + 1] = odd
-    # vertices (within 1e-12 of a pixel centre) are drawn whatever the crossings say
-    vr, vc = np.round(yp), np.round(xp)
-    eps = 1e-12
-    hit = ((-eps < xp - vc) & (xp - vc < eps) & (-eps < yp - vr) & (yp - vr < eps)
-           & (vr >= r0) & (vr <= r1) & (vc >= c0) & (vc <= c1))
-    out[vr[hit].astype(np.int64), vc[hit].astype(np.int64)] = True
-    return out
-
-
-def _straddling(yp: np.ndarray, yq: np.ndarray, r0: int, r1: int):
-    """The (row, edge) pairs whose edge straddles the row's centre line, in row-major order.
-
-    What ``np.nonzero(rstrad | lstrad)`` gives over the full ``(rows, edges)`` matrices with
-    ``y0 = yp - row``, ``y1 = yq - row``, ``rstrad = (y0 > 0) != (y1 > 0)`` and
-    ``lstrad = (y0 < 0) != (y1 < 0)``, with those values at the pairs, from the rows near each edge
-    only: an edge can straddle only rows in ``[floor(min(yp, yq)), ceil(max(yp, yq))]`` (a float
-    difference of two distinct doubles has the exact sign), so the work is O(edges + crossings)
-    instead of O(rows x edges). Row indices are relative to ``r0``.
-    """
-    lo = np.maximum(np.floor(np.minimum(yp, yq)), r0)
-    hi = np.minimum(np.ceil(np.maximum(yp, yq)), r1)
-    counts = np.where(hi >= lo, hi - lo + 1, 0).astype(np.int64)
-    edges = np.repeat(np.arange(yp.size, dtype=np.int64), counts)
-    first = np.cumsum(counts) - counts  # where each edge's candidate rows start
-    rows = lo.astype(np.int64)[edges] + (np.arange(edges.size, dtype=np.int64) - first[edges])
-    ys = rows.astype(np.float64)
-    y0 = yp[edges] - ys
-    y1 = yq[edges] - ys
-    rstrad = (y0 > 0) != (y1 > 0)
-    lstrad = (y0 < 0) != (y1 < 0)
-    keep = rstrad | lstrad
-    rows, edges, y0, y1, rstrad, lstrad = rows[keep], edges[keep], y0[keep], y1[keep], rstrad[keep], lstrad[keep]
-    order = np.lexsort((edges, rows))
-    return rows[order] - r0, edges[order], y0[order], y1[order], rstrad[order], lstrad[order]
 
 
 def rasterise_contours(contours: list[np.ndarray], affine: np.ndarray, shape: tuple[int, int, int],
