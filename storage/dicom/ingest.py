@@ -142,12 +142,13 @@ def _entry(p: pathlib.Path, ds, digest: str, size: int, insp, *, full: bool,
 
     ``sequences_checked``: the guard walked every sequence's structure (they are not parsed again here).
     """
+    from storage.dicom.attrs import attr
     from storage.dicom.pixels import ensure_transfer_syntax
     from storage.dicom.rawread import unconvertible_elements
 
     try:
         kind = classify(ds)
-        is_dir = str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
+        is_dir = str(attr(ds, "SOPClassUID", "")) == _MEDIA_DIRECTORY or 0x00041220 in ds._dict  # DirectoryRecordSeq.
         with _silenced():  # pydicom's value warnings can quote values (and cost time to format)
             # every top-level value must decode under its VR: a wrong VR/length is a data defect
             unconvertible_elements(ds, sequences_checked=sequences_checked)

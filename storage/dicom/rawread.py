@@ -160,9 +160,7 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
         pos = value_pos + length
     if pos != stop or (pos + 2 <= len(data) and data[pos:pos + 2] == b"\x02\x00"):
         raise _Unusual  # a group length that does not end the group: pydicom reads on by tag
-    ds = Dataset(elements)
-    ds.set_original_encoding(False, True, "iso8859")
-    meta = FileMetaDataset(ds)
+    meta = FileMetaDataset(elements)  # (a dict: shared, not copied; what dcmread's meta reader builds)
     meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding="iso8859")
     return meta, stop
 
@@ -280,13 +278,11 @@ def _dataset(data: bytes) -> FileDataset:
         if itag == _CHARSET:
             encoding = convert_encodings(convert_string(value or b"", True))
         elements[tag] = raw_element(tag, vr, length, value, value_pos, implicit, True)
-    ds = Dataset(elements)
-    ds.set_original_encoding(implicit, True, encoding)
-    fds = FileDataset(BytesIO(data), ds, data[:128], meta, implicit, True)
+    fds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)  # (the dict is shared)
     charset = elements.get(_CHARSET)  # type: ignore[call-overload]
-    # ``ds._character_set`` converts the element; the encoding read above is its value when the VR is CS
+    # ``_character_set`` converts the element; the encoding read above is its value when the VR is CS
     fds.set_original_encoding(implicit, True, encoding if charset is None or charset.VR in (None, "CS")
-                              else ds._character_set)
+                              else fds._character_set)
     return fds
 
 

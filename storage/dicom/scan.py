@@ -256,11 +256,12 @@ def classify(ds) -> ObjectKind:
         return "sr"
     if sop.startswith(_PR_PREFIX):
         return "presentation"
-    if sop == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds:
+    elements = ds._dict  # membership by tag (BaseTag hashes as its int): what ``keyword in ds`` tests
+    if sop == _MEDIA_DIRECTORY or 0x00041220 in elements:  # DirectoryRecordSequence
         return "other"
     if sop in _NON_IMAGE_STORAGE or sop.startswith(_WAVEFORM_PREFIX):
         return "other"
-    if "Rows" in ds and "Columns" in ds:
+    if 0x00280010 in elements and 0x00280011 in elements:  # Rows, Columns
         return "image"
     return "other"
 
