@@ -120,10 +120,14 @@ def ensure_transfer_syntax(ds):
     return ds
 
 
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.6)
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
 def _raw_pixel_length(ds) -> int | None:
     """Declared length of the Pixel Data element without loading it (None when unknown/undefined)."""
-    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
-        if tag in ds:
+    for tag in _PIXEL_TAGS:
+        if tag in ds._dict:
             elem = ds.get_item(tag)
             length = getattr(elem, "length", None)
             if length is None or length == 0xFFFFFFFF:
@@ -152,10 +156,11 @@ def check_pixel_data(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> i
     """
     if max_pixel_bytes <= 0:
         raise ValueError(f"max_pixel_bytes must be > 0, got {max_pixel_bytes!r}")
-    if not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+    elements = ds._dict  # membership by tag (a BaseTag hashes as its int): what ``tag in ds`` tests
+    if not any(t in elements for t in _PIXEL_TAGS):
         raise PixelDataError("missing_required_attribute", "the object holds no Pixel Data element")
     rows, cols, bits = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "BitsAllocated")
-    if "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if 0x7FE00008 not in elements and 0x7FE00009 not in elements:  # FloatPixelData, DoubleFloatPixelData
         if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
             raise PixelDataError("absurd_dimensions",
                                  f"Rows={rows}, Columns={cols}, BitsAllocated={bits} are not decodable")
@@ -267,7 +272,7 @@ def _native_frames(ds) -> np.ndarray | None:
     value already in memory): ``None`` for anything else, which goes through pydicom.
     """
     meta = getattr(ds, "file_meta", None)
-    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE_LE or "PixelData" not in ds:
+    if meta is None or str(attr(meta, "TransferSyntaxUID", "")) not in _NATIVE_LE or 0x7FE00010 not in ds._dict:
         return None  # (a missing transfer syntax is pydicom's to refuse)
     raw = ds.get_item(0x7FE00010)
     value = getattr(raw, "value", None)
