@@ -309,11 +309,14 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
             jobs.append((tag, paths, unit_folder, True))
     vault = Vault(workspace, keys)
     store = QuarantineStore(workspace)
-    for (tag, _paths, target, cached), res in zip(jobs, _run_units(jobs, config=config, keys=keys,
-                                                                    workers=n_workers),
-                                                  strict=True):
+    results = _run_units(jobs, config=config, keys=keys, workers=n_workers)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for res in results:  # every unit's pseudonym pairs in one vault rewrite per kind (not one per unit)
         for kind, items in res["pairs"].items():
-            vault.record_many(kind, [tuple(x) for x in items])
+            pairs.setdefault(kind, []).extend(tuple(x) for x in items)
+    for kind, items in pairs.items():
+        vault.record_many(kind, items)
+    for (tag, _paths, target, cached), res in zip(jobs, results, strict=True):
         for rej in res["quarantine"]:
             store.add(rej, run_id=run_id)
         summary = res["summary"]
