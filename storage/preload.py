@@ -2,11 +2,15 @@
 
 Importing it loads what the unit workers would otherwise each load on first use: the compiled
 polygon fill (:func:`imaging.raster.warm_up`, about half a second per process). Workers forked
-from the server inherit it loaded.
+from the server inherit it loaded. A failure here is left for the workers to meet and report on
+first use (the server swallows only import errors: anything else would stop it starting workers).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from imaging.raster import warm_up
 
-warm_up()
+with contextlib.suppress(Exception):
+    warm_up()
