@@ -1,4 +1,4 @@
-"""The vectorised RTSTRUCT polygon fill and ContourData parser give exactly what the per-pixel originals gave."""
+"""The compiled RTSTRUCT polygon fill and the ContourData parsers give exactly what skimage and float give."""
 
 import numpy as np
 import pytest

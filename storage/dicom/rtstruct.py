@@ -7,7 +7,9 @@ filled with the even-odd rule at voxel centres (the crossing test of
 :func:`skimage.draw.polygon`, compiled in :func:`imaging.raster.fill_polygon`, which gives
 the same pixels); several contours of one ROI on one slice are combined by XOR, so an inner
 contour cuts a hole. ContourData (DS, often millions of values per file) is parsed from the raw
-element bytes with numpy (:func:`contour_points`) instead of one Python object per number.
+element bytes by Arrow's correctly rounded parser, else numpy's (:func:`contour_points`), instead of
+one Python object per number; the structure set's sequences are read as raw items
+(:mod:`storage.dicom.rawseq`), not as one pydicom data set per item.
 """
 
 from __future__ import annotations
