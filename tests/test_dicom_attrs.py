@@ -41,24 +41,27 @@ KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
             "InstanceNumber", "CorrectedImage", "Units", "SmallestImagePixelValue")
 
 
-def test_attr_equals_dataset_get_on_vendor_files(shared_data):
-    """Every vendor's files as the ingest reads them (rawread, else pydicom): same value, same type."""
+def _vendor_files(shared_data, folders):
+    """``(path, fresh, reference)`` for about 40 Part 10 files per folder: as the ingest reads them, and by pydicom."""
     from storage.dicom.rawread import dataset_from_bytes
 
-    folders = ("ibsi_sts_ct_pet_mr_rtstruct", "nih_ge_siemens_epi_4d", "siemens_xa30i_t1w_classic")
-    checked = 0
     for folder in folders:
         files = sorted(p for p in (shared_data / folder).rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm"))
         for path in files[::max(1, len(files) // 40)]:
             data = path.read_bytes()
-            if data[128:132] != b"DICM":
-                continue
-            fresh = dataset_from_bytes(data) or pydicom.dcmread(path, force=True)
-            reference = pydicom.dcmread(path, force=True)
-            for kw in KEYWORDS:
-                got, want = attr(fresh, kw, "absent"), reference.get(kw, "absent")
-                assert type(got) is type(want) and got == want, (path.name, kw, got, want)
-            checked += 1
+            if data[128:132] == b"DICM":
+                yield path, dataset_from_bytes(data) or pydicom.dcmread(path, force=True), pydicom.dcmread(path, force=True)
+
+
+def test_attr_equals_dataset_get_on_vendor_files(shared_data):
+    """Every vendor's files as the ingest reads them (rawread, else pydicom): same value, same type."""
+    checked = 0
+    for path, fresh, reference in _vendor_files(shared_data, ("ibsi_sts_ct_pet_mr_rtstruct", "nih_ge_siemens_epi_4d",
+                                                              "siemens_xa30i_t1w_classic")):
+        for kw in KEYWORDS:
+            got, want = attr(fresh, kw, "absent"), reference.get(kw, "absent")
+            assert type(got) is type(want) and got == want, (path.name, kw, got, want)
+        checked += 1
     assert checked >= 60
 
 
@@ -135,19 +138,10 @@ def test_numbers_respects_pydicom_ds_settings(tmp_path):
 
 def test_numbers_on_vendor_files(shared_data):
     """DS values of every vendor's files as the ingest reads them: the floats pydicom's DSfloat values give."""
-    from storage.dicom.rawread import dataset_from_bytes
-
-    folders = ("ibsi_sts_ct_pet_mr_rtstruct", "nih_ge_siemens_epi_4d", "siemens_xa30i_t1w_classic", "sts_cohort")
     raw_reads = checked = 0
-    for folder in folders:
-        files = sorted(p for p in (shared_data / folder).rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm"))
-        for path in files[::max(1, len(files) // 40)]:
-            data = path.read_bytes()
-            if data[128:132] != b"DICM":
-                continue
-            fresh = dataset_from_bytes(data) or pydicom.dcmread(path, force=True)
-            reference = pydicom.dcmread(path, force=True)
-            for kw in DS_KEYWORDS:
-                raw_reads += _check_numbers(fresh, reference, kw)
-            checked += 1
+    for _path, fresh, reference in _vendor_files(shared_data, ("ibsi_sts_ct_pet_mr_rtstruct", "nih_ge_siemens_epi_4d",
+                                                               "siemens_xa30i_t1w_classic", "sts_cohort")):
+        for kw in DS_KEYWORDS:
+            raw_reads += _check_numbers(fresh, reference, kw)
+        checked += 1
     assert checked >= 80 and raw_reads >= 4 * checked
