@@ -70,15 +70,19 @@ def _is_vr(vr: bytes) -> bool:
 _VR_TEXT = {bytes((a, b)): chr(a) + chr(b) for a in range(0x41, 0x5B) for b in range(0x41, 0x5B)}
 
 
+def _item_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """Tag and length of the item-level header (item or delimiter, PS3.5 7.5) at ``pos``; the offset after it."""
+    if pos + 8 > end:
+        raise _Unusual
+    group, elem, length = _HHL.unpack_from(data, pos)
+    return group << 16 | elem, length, pos + 8
+
+
 def _skip_items(data: bytes, pos: int, *, implicit: bool, depth: int) -> int:
     """Offset just past the Sequence Delimitation Item of the undefined-length value starting at ``pos``."""
     end = len(data)
     while True:
-        if pos + 8 > end:
-            raise _Unusual
-        group, elem, length = _HHL.unpack_from(data, pos)
-        tag = group << 16 | elem
-        pos += 8
+        tag, length, pos = _item_header(data, pos, end)
         if tag == _SEQ_DELIM:
             return pos
         if tag != _ITEM:

@@ -44,6 +44,7 @@ from storage.dicom.rawread import (
     _empty,
     _HH2sH,
     _is_vr,
+    _item_header,
     _skip_items,
     _Unusual,
 )
@@ -169,11 +170,7 @@ def _items(data: bytes, *, implicit: bool, base: int, encoding: Any) -> list[Raw
     out = []
     pos, end = 0, len(data)
     while pos < end:
-        if pos + 8 > end:
-            raise _Unusual
-        group, elem, length = _HHL.unpack_from(data, pos)
-        tag = group << 16 | elem
-        pos += 8
+        tag, length, pos = _item_header(data, pos, end)
         if tag == _SEQ_DELIM:
             if pos != end:
                 raise _Unusual  # bytes after the delimiter: pydicom's reader stops there; let it decide
