@@ -7,7 +7,9 @@ Set holds tens of thousands of items (one per contour, one per referenced image,
 deep) of which the collection reads a few values: that parse was a fifth of converting one
 patient's RTSTRUCT. :func:`sequence_items` returns the items as :class:`RawItem`: each item's
 elements unpacked once from the bytes as the same ``RawDataElement`` tuples pydicom's reader
-builds (tag, VR, length, value bytes), nested sequences kept encoded until they are asked for.
+builds (tag, VR, length, value bytes). A nested sequence is kept encoded until it is asked for;
+one of undefined length is read through first, as pydicom's reader reads it with its item (so a
+damaged element anywhere pydicom would meet it hands the sequence to pydicom, which fails as before).
 Values are what pydicom gives: one plain US, CS or UI value is decoded as pydicom decodes it
 (:func:`storage.dicom.attrs.plain_value`), anything else is read by pydicom from a data set
 built of the same raw elements (:meth:`RawItem.dataset`).
@@ -45,13 +47,14 @@ from storage.dicom.rawread import (
     _HH2sH,
     _is_vr,
     _item_header,
-    _skip_items,
     _Unusual,
 )
 
 __all__ = ["RawItem", "sequence_items"]
 
 _CHARSET = 0x00080005
+#: Deepest nesting read here (deeper: pydicom decides; the guard refuses far shallower nesting first)
+_MAX_DEPTH = 64
 
 
 class RawItem:
@@ -160,35 +163,47 @@ def _parse(elem: RawDataElement, encoding: Any) -> list | None:
     if not data:
         return []
     try:
-        return _items(data, implicit=elem.is_implicit_VR, base=elem.value_tell or 0, encoding=encoding)
+        items, pos = _items(data, 0, len(data), undefined=elem.length == _UNDEFINED, implicit=elem.is_implicit_VR,
+                            base=elem.value_tell or 0, encoding=encoding, depth=0)
     except (_Unusual, struct.error):
         return None
+    if pos != len(data):
+        return None  # bytes after the delimiter: pydicom's reader stops there; let it decide
+    return items
 
 
-def _items(data: bytes, *, implicit: bool, base: int, encoding: Any) -> list[RawItem]:
-    """Every item of a sequence value (defined length: the whole of ``data``; undefined: up to its delimiter)."""
+def _items(data: bytes, pos: int, end: int, *, undefined: bool, implicit: bool, base: int, encoding: Any,
+           depth: int) -> tuple[list[RawItem], int]:
+    """The items of the sequence value at ``pos``: up to ``end`` (defined length) or its delimiter; the offset after."""
+    if depth > _MAX_DEPTH:
+        raise _Unusual
     out = []
-    pos, end = 0, len(data)
     while pos < end:
         tag, length, pos = _item_header(data, pos, end)
         if tag == _SEQ_DELIM:
-            if pos != end:
-                raise _Unusual  # bytes after the delimiter: pydicom's reader stops there; let it decide
-            break
+            return out, pos
         if tag != _ITEM:
             raise _Unusual
         stop = None if length == _UNDEFINED else pos + length
         if stop is not None and stop > end:
             raise _Unusual
-        elements, pos = _elements(data, pos, stop, implicit=implicit, base=base)
+        elements, pos = _elements(data, pos, stop, end, implicit=implicit, base=base, encoding=encoding,
+                                  depth=depth)
         out.append(RawItem(elements, encoding, implicit))
-    return out
+    if undefined:
+        raise _Unusual  # an undefined-length value without its delimiter
+    return out, pos
 
 
-def _elements(data: bytes, pos: int, stop: int | None, *, implicit: bool,
-              base: int) -> tuple[dict[BaseTag, RawDataElement], int]:
-    """The elements of one item from ``pos`` (to ``stop``, or to its Item Delimitation Item); the offset after it."""
-    limit = len(data) if stop is None else stop
+def _elements(data: bytes, pos: int, stop: int | None, end: int, *, implicit: bool, base: int, encoding: Any,
+              depth: int) -> tuple[dict[BaseTag, RawDataElement], int]:
+    """The elements of one item from ``pos`` (to ``stop``, or to its Item Delimitation Item); the offset after it.
+
+    A nested sequence of undefined length is read through here as well (pydicom's reader parses it with the
+    item, so an element it could not read fails the item), and kept encoded; one of defined length is kept
+    encoded unread, as pydicom keeps it until it is accessed.
+    """
+    limit = end if stop is None else stop
     if not implicit and pos + 6 <= limit and data[pos:pos + 2] != b"\xfe\xff" and not _is_vr(data[pos + 4:pos + 6]):
         raise _Unusual  # an implicit-VR item in an explicit data set: pydicom switches encoding for it
     elements: dict[BaseTag, RawDataElement] = {}
@@ -222,13 +237,11 @@ def _elements(data: bytes, pos: int, stop: int | None, *, implicit: bool,
         if length == _UNDEFINED:
             if (vr or dictionary_vr(int(tag))) != "SQ":
                 raise _Unusual  # undefined-length UN or private data: pydicom's reader decides
-            end = _skip_items(data, value_pos, implicit=implicit, depth=1)
-            if end > limit:
-                raise _Unusual
+            _nested, pos = _items(data, value_pos, limit, undefined=True, implicit=implicit, base=base,
+                                  encoding=encoding, depth=depth + 1)
             # kept encoded, delimiter included, as the top-level reader keeps a sequence
-            elements[tag] = RawDataElement(tag, "SQ" if vr is None else vr, _UNDEFINED, data[value_pos:end],
+            elements[tag] = RawDataElement(tag, "SQ" if vr is None else vr, _UNDEFINED, data[value_pos:pos],
                                            base + value_pos, implicit, True)
-            pos = end
             continue
         pos = value_pos + length
         if pos > limit:
