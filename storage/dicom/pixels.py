@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 from storage.dicom.attrs import attr
+from storage.dicom.guard.common import (
+    _PIXEL_TAGS,  # Pixel Data, Float and Double Float Pixel Data, in that order
+)
 
 __all__ = [
     "PixelDataError",
@@ -118,10 +121,6 @@ def ensure_transfer_syntax(ds):
         meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
                                   ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     return ds
-
-
-#: Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.6)
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 def _raw_pixel_length(ds) -> int | None:
