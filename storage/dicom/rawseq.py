@@ -82,9 +82,6 @@ class RawItem:
         tag = keyword_tag(keyword)
         return tag is not None and tag in self._elements
 
-    def __len__(self) -> int:
-        return len(self._elements)
-
     def tags(self) -> list[BaseTag]:
         """The item's tags, in the order of the bytes."""
         return list(self._elements)
@@ -213,10 +210,10 @@ def _elements(data: bytes, pos: int, stop: int | None, end: int, *, implicit: bo
         if pos + 8 > limit:
             raise _Unusual
         if data[pos:pos + 2] == b"\xfe\xff":  # an item-level tag: only the delimiter of an undefined-length item
-            group, el, length = _HHL.unpack_from(data, pos)
-            if stop is not None or (group << 16 | el) != _ITEM_DELIM or length != 0:
+            tag, length, pos = _item_header(data, pos, limit)
+            if stop is not None or tag != _ITEM_DELIM or length != 0:
                 raise _Unusual
-            return elements, pos + 8
+            return elements, pos
         if implicit:
             group, el, length = _HHL.unpack_from(data, pos)
             vr = None
