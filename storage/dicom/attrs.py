@@ -24,6 +24,7 @@ import functools
 import re
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
@@ -86,8 +87,6 @@ _DS_NUMBERS = re.compile(rb" *%s *(?:\\ *%s *)*[ \x00]*" % (_NUM, _NUM))
 
 def _ds_defaults() -> bool:
     """pydicom converts DS values to ``DSfloat`` and only warns about their length (its reading defaults)."""
-    from pydicom import config
-
     return not config.use_DS_numpy and not config.use_DS_decimal and \
         config.settings.reading_validation_mode != config.RAISE
 
