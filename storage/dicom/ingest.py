@@ -58,9 +58,10 @@ def _is_probably_dicom(head: bytes) -> bool:
     return head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x08", b"\x00\x02")
 
 
-def _parse(data: bytes):
+def _parse(data: bytes, top=None):
     """Full parse from memory (:func:`storage.dicom.rawread.dataset_from_bytes`, else ``pydicom.dcmread``).
 
+    ``top``: the guard's table of the top-level element headers (``FileInspection.top_level``).
     Preamble-less data sets are read as :func:`storage.dicom.scan.read_header` reads them.
     """
     import pydicom
@@ -68,7 +69,7 @@ def _parse(data: bytes):
 
     from storage.dicom.rawread import dataset_from_bytes
 
-    ds = dataset_from_bytes(data)
+    ds = dataset_from_bytes(data, top=top)
     if ds is not None:
         return ds
     try:
@@ -115,8 +116,11 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
     if not _is_probably_dicom(data[:132]):
         return ReadResult(None, Rejection(digest, "not_dicom", "no DICM preamble and no plausible DICOM element",
                                           size=size))
-    ds, rejection = _parsed(functools.partial(_parse, data), digest, size)
-    del data  # the dataset holds what it needs
+    top = None
+    if insp is not None:
+        top, insp.top_level = insp.top_level, None  # (used once: not kept with the inspection)
+    ds, rejection = _parsed(functools.partial(_parse, data, top), digest, size)
+    del data, top  # the dataset holds what it needs
     if rejection is not None:
         return ReadResult(None, rejection)
     return _entry(p, ds, digest, size, insp, full=True, sequences_checked=insp is not None)

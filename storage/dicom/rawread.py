@@ -30,14 +30,20 @@ of data sets), A.4 (encapsulated pixel data).
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import re
 import struct
+from typing import TYPE_CHECKING
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
 from storage.dicom.guard.common import dictionary_vr
+
+if TYPE_CHECKING:
+    from storage.dicom.guard.fastwalk import TopLevel
 
 __all__ = ["dataset_from_bytes", "unconvertible_elements"]
 
@@ -68,6 +74,8 @@ def _is_vr(vr: bytes) -> bool:
 
 #: Every two-capital-letter VR as bytes -> str (what pydicom accepts as an explicit VR without switching).
 _VR_TEXT = {bytes((a, b)): chr(a) + chr(b) for a in range(0x41, 0x5B) for b in range(0x41, 0x5B)}
+#: The same VRs by the compiled walk's code (``b0 << 8 | b1``, :class:`storage.dicom.guard.fastwalk.TopLevel`).
+_VR_BY_CODE = {a << 8 | b: chr(a) + chr(b) for a in range(0x41, 0x5B) for b in range(0x41, 0x5B)}
 
 
 def _item_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
@@ -177,13 +185,18 @@ def _empty(vr: str | None):
     return empty_value_for_VR(vr, raw=True)
 
 
-def dataset_from_bytes(data: bytes) -> FileDataset | None:
+def dataset_from_bytes(data: bytes, *, top: TopLevel | None = None) -> FileDataset | None:
     """The :class:`~pydicom.dataset.FileDataset` ``pydicom.dcmread`` would return for ``data``, or None.
 
     Parameters
     ----------
     data : bytes
         A whole Part 10 file.
+    top : TopLevel, optional
+        The top-level element headers of ``data`` as the guard's compiled walk recorded them
+        (:attr:`storage.dicom.guard.FileInspection.top_level`): used instead of unpacking the
+        headers again when they describe the data set this reader finds (same start, end and
+        encoding, no element switched to implicit VR).
 
     Returns
     -------
@@ -192,7 +205,7 @@ def dataset_from_bytes(data: bytes) -> FileDataset | None:
         the caller then reads it with pydicom. Values are raw until accessed.
     """
     try:
-        return _dataset(data)
+        return _dataset(data, top)
     except (_Unusual, struct.error, UnicodeDecodeError):
         return None
 
@@ -222,11 +235,8 @@ def _undefined(data: bytes, tag: BaseTag, vr: str | None, value_pos: int, implic
     return stop
 
 
-def _dataset(data: bytes) -> FileDataset:
+def _dataset(data: bytes, top: TopLevel | None = None) -> FileDataset:
     from io import BytesIO
-
-    from pydicom.charset import convert_encodings
-    from pydicom.values import convert_string
 
     meta, pos = _meta(data)
     ts_raw = meta.get_item(0x00020010)
@@ -242,6 +252,65 @@ def _dataset(data: bytes) -> FileDataset:
     found_implicit = not _is_vr(data[pos + 4:pos + 6])
     if found_implicit != implicit or data[pos:pos + 2] == b"\x00\x00":
         raise _Unusual  # pydicom switches encoding here (with a warning), or reads a command set: let it
+    if top is not None and top.start == pos and top.end == end and top.implicit == implicit and not top.switched:
+        elements, encoding = _elements_from_table(data, top)
+    else:
+        elements, encoding = _elements(data, pos, end, implicit)
+    fds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)  # (the dict is shared)
+    charset = elements.get(_CHARSET)  # type: ignore[call-overload]
+    # ``_character_set`` converts the element; the encoding read above is its value when the VR is CS
+    fds.set_original_encoding(implicit, True, encoding if charset is None or charset.VR in (None, "CS")
+                              else fds._character_set)
+    return fds
+
+
+def _charset_encoding(value: bytes | None) -> str | list[str]:
+    from pydicom.charset import convert_encodings
+    from pydicom.values import convert_string
+
+    return convert_encodings(convert_string(value or b"", True))
+
+
+def _elements_from_table(data: bytes, top: TopLevel) -> tuple[dict[BaseTag, RawDataElement], str | list[str]]:
+    """The raw elements from the compiled walk's table (the headers it unpacked; values sliced from ``data``).
+
+    The same ``RawDataElement`` tuples as :func:`_elements` builds (``is_raw`` True, ``is_buffered``
+    False: the namedtuple's defaults), built by C-level ``map`` calls over the table's columns.
+    """
+    implicit = top.implicit
+    tags, lengths, value_pos = top.tag, top.length, top.value_pos
+    n = len(tags)
+    if any(t >> 16 == 0x0002 for t in tags):
+        raise _Unusual  # File Meta elements in the data set (item tags never reach the table)
+    keys = list(map(BaseTag, tags))
+    vrs = [None] * n if implicit else list(map(_VR_BY_CODE.__getitem__, top.vr))
+    values = list(map(data.__getitem__, map(slice, value_pos, map(operator.add, value_pos, lengths))))
+    elements = dict(zip(keys, map(tuple.__new__, itertools.repeat(RawDataElement), zip(
+        keys, vrs, lengths, values, value_pos, itertools.repeat(implicit), itertools.repeat(True),
+        itertools.repeat(True), itertools.repeat(False))), strict=True))
+    if len(elements) != n:
+        return _elements(data, top.start, top.end, implicit)  # a repeated tag: the file-order loop decides
+    special = [i for i, length in enumerate(lengths) if length == 0 or length == _UNDEFINED]
+    if special:
+        header_pos = top.header_pos
+        for i in special:
+            tag, vr = keys[i], vrs[i]
+            if lengths[i] == 0:
+                elements[tag] = RawDataElement(tag, vr, 0, _empty(vr), value_pos[i], implicit, True)
+                continue
+            stop = _undefined(data, tag, vr, value_pos[i], implicit, elements)
+            if stop != (header_pos[i + 1] if i + 1 < n else top.end):
+                raise _Unusual  # the guard's walk and pydicom's reading end the value differently: let pydicom
+    encoding: str | list[str] = "iso8859"
+    charset = elements.get(_CHARSET)  # type: ignore[call-overload]
+    if charset is not None:
+        encoding = _charset_encoding(charset.value)
+    return elements, encoding
+
+
+def _elements(data: bytes, pos: int, end: int, implicit: bool) -> tuple[dict[BaseTag, RawDataElement],
+                                                                         str | list[str]]:
+    """The raw elements of the data set from ``pos`` to ``end``, their headers unpacked here."""
     elements: dict[BaseTag, RawDataElement] = {}
     encoding: str | list[str] = "iso8859"
     unpack_implicit, unpack_explicit, unpack_long = _HHL.unpack_from, _HH2sH.unpack_from, _L.unpack_from
@@ -280,14 +349,9 @@ def _dataset(data: bytes) -> FileDataset:
         else:
             value = _empty(vr)
         if itag == _CHARSET:
-            encoding = convert_encodings(convert_string(value or b"", True))
+            encoding = _charset_encoding(value)
         elements[tag] = raw_element(tag, vr, length, value, value_pos, implicit, True)
-    fds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)  # (the dict is shared)
-    charset = elements.get(_CHARSET)  # type: ignore[call-overload]
-    # ``_character_set`` converts the element; the encoding read above is its value when the VR is CS
-    fds.set_original_encoding(implicit, True, encoding if charset is None or charset.VR in (None, "CS")
-                              else fds._character_set)
-    return fds
+    return elements, encoding
 
 
 # --------------------------------------------------------------------------- value check

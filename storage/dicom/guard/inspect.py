@@ -8,7 +8,7 @@ import os
 import pathlib
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.guard.attributes import (
@@ -54,6 +54,9 @@ class FileInspection:
     frame_bytes: int = 0
     pixel_span: tuple[int, int] | None = None  # (offset, length) in the file, native or encapsulated
     deflated: bool = False
+    #: top-level element headers from the compiled walk over the file's own bytes (in memory only; see
+    #: :mod:`storage.dicom.guard.fastwalk`), handed to the data set reader; None when it did not run
+    top_level: Any = None
 
     @property
     def needs_decode(self) -> bool:
@@ -217,6 +220,8 @@ def _inspect_stream(fp: BinaryIO, size: int, insp: FileInspection, limits: Guard
         raise failure
 
     _check_attributes(stream, ds_start, encoding, info, insp, limits, ts)
+    if not insp.deflated:
+        insp.top_level = info.top
 
 
 def _damaged_preamble(head: bytes) -> bool:

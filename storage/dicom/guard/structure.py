@@ -42,6 +42,8 @@ class _Structure:
     pixel_length: int | None = None  # None = undefined length (encapsulated)
     fragments: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (offset, length)
     values: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # wanted tag -> (offset, length)
+    #: the top-level element table when the compiled walk ran (:mod:`storage.dicom.guard.fastwalk`)
+    top: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _walk(buf: Any, start: int, end: int, *, implicit: bool, little: bool, max_depth: int) -> _Structure:
@@ -204,9 +206,21 @@ def _overrun(tag: int, length: int, value_pos: int, end: int, limit: int, is_pix
 
 def _walk_checked(fp: BinaryIO, start: int, end: int, *, implicit: bool, little: bool,
                   max_depth: int) -> _Structure:
-    """:func:`_walk` where EOF inside an undefined-length container counts as truncation."""
+    """:func:`_walk` where EOF inside an undefined-length container counts as truncation.
+
+    A little-endian data set is walked by the compiled walk first
+    (:func:`storage.dicom.guard.fastwalk.walk_little_endian`, the same structure plus the
+    top-level element table in ``top``); where it does not answer, by :func:`_walk`.
+    """
+    from storage.dicom.guard.fastwalk import walk_little_endian
+
     try:
         with _content(fp) as buf:
+            if little:
+                fast = walk_little_endian(buf, start, end, implicit=implicit, max_depth=max_depth)
+                if fast is not None:
+                    info, info.top = fast[0], fast[1]
+                    return info
             return _walk(buf, start, end, implicit=implicit, little=little, max_depth=max_depth)
     except struct.error as exc:  # pragma: no cover - headers are length-checked before unpacking
         raise _Reject("malformed_structure", "an element header could not be unpacked",
