@@ -145,3 +145,39 @@ def test_numbers_on_vendor_files(shared_data):
             raw_reads += _check_numbers(fresh, reference, kw)
         checked += 1
     assert checked >= 80 and raw_reads >= 4 * checked
+
+
+@pytest.mark.parametrize("text", ["1.2.840.10008.5.1.4.1.1.2", "1.2.3", "0.1", "1.02.3", "1.2.3.", " 1.2.3",
+                                  "1.2.a", "9" * 65, "1..2", "", "2.25.123456789012345678901234567890"])
+def test_uid_values_equal_pydicoms_every_time(tmp_path, text):
+    """A valid UID is validated once and cached; an invalid one warns (or raises) on every read, as pydicom does."""
+    import warnings
+
+    from pydicom import config
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2"
+    ds.add_new(0x0020000E, "UI", text)  # SeriesInstanceUID, any text
+    path = tmp_path / "u.dcm"
+    ds.save_as(path, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as got_w:
+            warnings.simplefilter("always")
+            got = attr(pydicom.dcmread(path, force=True), "SeriesInstanceUID")
+        with warnings.catch_warnings(record=True) as want_w:
+            warnings.simplefilter("always")
+            want = pydicom.dcmread(path, force=True).get("SeriesInstanceUID")
+        assert type(got) is type(want) and got == want and getattr(got, "is_valid", 0) == getattr(want, "is_valid", 0)
+        assert [str(w.message) for w in got_w] == [str(w.message) for w in want_w]
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.RAISE
+    try:
+        try:
+            want = pydicom.dcmread(path, force=True).get("SeriesInstanceUID")
+        except ValueError:
+            with pytest.raises(ValueError):
+                attr(pydicom.dcmread(path, force=True), "SeriesInstanceUID")
+        else:
+            assert attr(pydicom.dcmread(path, force=True), "SeriesInstanceUID") == want
+    finally:
+        config.settings.reading_validation_mode = previous

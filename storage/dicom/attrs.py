@@ -55,10 +55,31 @@ def plain_value(raw: RawDataElement, tag: int) -> Any:
     if vr == "CS" and b"\\" not in value and value.isascii():
         return value.decode("ascii").rstrip(" \x00")
     if vr == "UI" and b"\\" not in value and value.isascii():
+        text = value.decode("ascii").rstrip("\x00 ")
+        uid = _valid_uid(text)
+        if uid is not None:
+            return uid
         from pydicom.uid import UID
 
-        return UID(value.decode("ascii").rstrip("\x00 "))  # validated (and warned about) as pydicom does
+        return UID(text)  # validated (and warned about, or raised for) as pydicom does
     return NOT_PLAIN
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _valid_uid(text: str) -> Any:
+    """``UID(text)`` when pydicom's UI validator accepts ``text`` (UID then only strips it), else None.
+
+    One validation per distinct UID: a series repeats its study, series, class and frame-of-reference
+    UIDs in every file, a structure set its referenced image UIDs in every contour. A value the validator
+    refuses is not cached: ``UID(text)`` warns about it (or raises) on every read, as pydicom does.
+    """
+    from pydicom.uid import UID
+    from pydicom.valuerep import VALIDATORS
+
+    validator = VALIDATORS.get("UI")
+    if validator is None or not validator("UI", text)[0]:
+        return None
+    return str.__new__(UID, text.strip())  # what UID.__new__ returns once validation has passed
 
 
 def attr(ds: Any, keyword: str, default: Any = None) -> Any:
