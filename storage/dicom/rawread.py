@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
 from storage.dicom.guard.common import dictionary_vr
+from storage.dicom.rawskip import skip_items
 
 if TYPE_CHECKING:
     from storage.dicom.guard.fastwalk import TopLevel
@@ -86,58 +87,16 @@ def _item_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return group << 16 | elem, length, pos + 8
 
 
-def _skip_items(data: bytes, pos: int, *, implicit: bool, depth: int) -> int:
-    """Offset just past the Sequence Delimitation Item of the undefined-length value starting at ``pos``."""
-    end = len(data)
-    while True:
-        tag, length, pos = _item_header(data, pos, end)
-        if tag == _SEQ_DELIM:
-            return pos
-        if tag != _ITEM:
-            raise _Unusual
-        if length == _UNDEFINED:
-            pos = _skip_dataset(data, pos, implicit=implicit, depth=depth + 1)
-        else:
-            pos += length
-            if pos > end:
-                raise _Unusual
+def _skip_items(data: bytes, pos: int, *, implicit: bool) -> int:
+    """Offset just past the Sequence Delimitation Item of the undefined-length value starting at ``pos``.
 
-
-def _skip_dataset(data: bytes, pos: int, *, implicit: bool, depth: int) -> int:
-    """Offset just past the Item Delimitation Item of an undefined-length item starting at ``pos``."""
-    if depth > 64:
+    As pydicom's reader skips it (:func:`storage.dicom.rawskip.skip_items`, compiled); :class:`_Unusual`
+    where pydicom must decide.
+    """
+    stop = skip_items(data, pos, implicit=implicit)
+    if stop < 0:
         raise _Unusual
-    end = len(data)
-    if not implicit and pos + 6 <= end and not _is_vr(data[pos + 4:pos + 6]):
-        implicit = True  # an item written in implicit VR inside an explicit data set: pydicom reads it so
-    while True:
-        if pos + 8 > end:
-            raise _Unusual
-        if implicit:
-            group, elem, length = _HHL.unpack_from(data, pos)
-            hlen = 8
-        else:
-            group, elem, vr, length = _HH2sH.unpack_from(data, pos)
-            hlen = 8
-            if not _is_vr(vr):  # pydicom's per-element switch (config.assume_implicit_vr_switch)
-                group, elem, length = _HHL.unpack_from(data, pos)
-            elif vr in _LONG_VRS:
-                if pos + 12 > end:
-                    raise _Unusual
-                length = _L.unpack_from(data, pos + 8)[0]
-                hlen = 12
-        tag = group << 16 | elem
-        pos += hlen
-        if tag == _ITEM_DELIM:
-            return pos
-        if group == 0xFFFE:
-            raise _Unusual
-        if length == _UNDEFINED:
-            pos = _skip_items(data, pos, implicit=implicit, depth=depth)
-        else:
-            pos += length
-            if pos > end:
-                raise _Unusual
+    return stop
 
 
 def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
@@ -214,7 +173,7 @@ def _undefined(data: bytes, tag: BaseTag, vr: str | None, value_pos: int, implic
                elements: dict[BaseTag, RawDataElement]) -> int:
     """Record an undefined-length top-level element (pixel data or a sequence); the offset after it."""
     if tag == _PIXEL_DATA and vr in (None, "OB", "OW"):
-        stop = _skip_items(data, value_pos, implicit=True, depth=0)  # fragments are always item-encoded
+        stop = _skip_items(data, value_pos, implicit=True)  # fragments are always item-encoded
         if data[stop - 4:stop] != b"\x00\x00\x00\x00" or data.find(b"\xfe\xff\xdd\xe0", value_pos) != stop - 8:
             raise _Unusual  # pydicom ends the value at the first delimiter byte pattern, even inside a fragment
         elements[tag] = RawDataElement(tag, vr, _UNDEFINED, data[value_pos:stop - 8], value_pos, implicit, True)
@@ -229,7 +188,7 @@ def _undefined(data: bytes, tag: BaseTag, vr: str | None, value_pos: int, implic
                 raise _Unusual
         except KeyError:
             raise _Unusual from None
-    stop = _skip_items(data, value_pos, implicit=implicit, depth=0)
+    stop = _skip_items(data, value_pos, implicit=implicit)
     # kept encoded, delimiter included: pydicom's convert_SQ parses it on first access
     elements[tag] = RawDataElement(tag, "SQ", _UNDEFINED, data[value_pos:stop], value_pos, implicit, True)
     return stop
