@@ -221,3 +221,108 @@ def test_nesting_limit_is_the_python_walks(max_depth):
         assert fast is None and ref == "nesting_too_deep"
     else:
         assert fast is not None and fast[0] == ref and ref.max_depth == 2
+
+
+def _vr_rich_files(tmp_path) -> list[bytes]:
+    """Files with every VR at the top level, non-ASCII text, odd binary lengths, private and UN elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    out = []
+    for implicit in (True, False):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", "1.2.3"  # no pixel data needed
+        ds.PatientName = "Ab^Cd"
+        raw = pydicom.dataelem.RawDataElement
+        sd = pydicom.tag.BaseTag(0x00081030)  # StudyDescription: not ASCII (latin-1 bytes), written raw
+        ds._dict[sd] = raw(sd, "LO", 4, b"caf\xe9", 0, implicit, True)
+        ds.SliceThickness = "2.5"
+        ps = pydicom.tag.BaseTag(0x00280030)  # PixelSpacing: a DS value that is not a number, written raw
+        ds._dict[ps] = raw(ps, "DS", 6, b"0.5\\x ", 0, implicit, True)
+        ds.InstanceNumber = "12"
+        ds.add_new(0x00181020, "LO", "v1")  # SoftwareVersions
+        ds.add_new(0x00280106, "US", 3)  # SmallestImagePixelValue (US or SS in the dictionary)
+        ds.add_new(0x00091010, "DS", "1.5")  # private
+        ds.add_new(0x00091011, "LO", "private text")
+        ds.add_new(0x00091012, "UN", b"\x01\x02\x03")
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # made UN below (explicit VR): a DS once converted
+        ds.add_new(0x00186011, "SQ", [])  # SequenceOfUltrasoundRegions, empty
+        for tag, vr, value in ((0x00189219, "SS", -3), (0x00186030, "UL", 7), (0x00181310, "US", [1, 2, 3, 4]),
+                               (0x00189089, "FD", [0.0, 0.0, 1.0]), (0x00082112, "SQ", []),
+                               (0x00700084, "PN", "A^B"), (0x00080051, "SQ", []), (0x00189807, "SQ", [])):
+            ds.add_new(tag, vr, value)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+            pydicom.uid.ExplicitVRLittleEndian
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getvalue()
+        if not implicit:
+            at = data.index(b"\x20\x00\x37\x00DS")
+            n = int.from_bytes(data[at + 6:at + 8], "little")
+            data = data[:at] + b"\x20\x00\x37\x00UN\x00\x00" + n.to_bytes(4, "little") + data[at + 8:]
+        out.append(data)
+        # an odd-length binary value: UL of 5 bytes (explicit), and a US value of 3 bytes
+        if not implicit:
+            at = data.index(b"\x18\x00\x30\x60UL\x04\x00")
+            out.append(data[:at] + b"\x18\x00\x30\x60UL\x05\x00" + data[at + 8:at + 12] + b"\x00" + data[at + 12:])
+    return out
+
+
+def test_value_check_bits_leave_out_only_what_decodes(shared_data, tmp_path):
+    """An element the walk does not mark CHECK_VALUE decodes under the VR the check would give it; one it does not
+    mark CHECK_DS is not DS once converted; and both checks give what looking at every element gives."""
+    import copy
+
+    from pydicom.hooks import hooks
+
+    from storage.dicom.guard import GuardLimits, inspect_file
+    from storage.dicom.guard.common import _silenced, dictionary_vr
+    from storage.dicom.rawread import VALUE_CHECKS, _safe, unconvertible_elements
+    from storage.dicom.series import unreadable_decimal
+    from tests.test_rawread import _mutations, _real_files
+
+    datas = _vr_rich_files(tmp_path) + [p.read_bytes() for p in _real_files(shared_data)[::4]] + \
+        _mutations(shared_data, n=160)
+    used = vouched = rich = 0
+    for i, data in enumerate(datas):
+        top = inspect_file("x.dcm", limits=GuardLimits(), data=data).top_level
+        rich += i < 3 and top is not None
+        with _silenced():
+            ds = dataset_from_bytes(data, top=top)
+        if ds is None or VALUE_CHECKS not in ds.__dict__:
+            continue
+        used += 1
+        _n, value_tags, ds_tags = ds.__dict__[VALUE_CHECKS]
+        encoding = ds.original_character_set or ds._character_set
+        for tag, elem in ds._dict.items():
+            if tag in value_tags:
+                continue
+            vr = elem.VR or dictionary_vr(int(tag))
+            if vr is None or vr == "UN":
+                resolved: dict = {}
+                hooks.raw_element_vr(elem, resolved, encoding=encoding, ds=ds)
+                vr = resolved["VR"]
+            assert _safe(vr, elem, sequences_checked=True), (hex(tag), vr)
+            vouched += 1
+        full = copy.deepcopy(ds)
+        del full.__dict__[VALUE_CHECKS]
+        with _silenced():
+            for tag in list(ds._dict):
+                if tag not in ds_tags:
+                    try:
+                        assert copy.deepcopy(ds)[tag].VR != "DS", hex(tag)
+                    except AssertionError:
+                        raise
+                    except Exception:  # noqa: BLE001 - a value that does not decode is the value check's
+                        pass
+            assert unreadable_decimal(ds) == unreadable_decimal(full)
+            for checked in (ds, full):
+                try:
+                    unconvertible_elements(checked, sequences_checked=True)
+                    outcome = None
+                except Exception as exc:  # noqa: BLE001
+                    outcome = type(exc).__name__
+                if checked is ds:
+                    first = outcome
+            assert first == outcome
+    assert used > 150 and vouched > 5000 and rich == 3, (used, vouched, rich)

@@ -40,13 +40,30 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
-from storage.dicom.guard.common import dictionary_vr
+from storage.dicom.guard.common import ITEM_SIZES, TEXT_VRS, dictionary_vr
+from storage.dicom.guard.fastwalk import CHECK_DS, CHECK_VALUE
 from storage.dicom.rawskip import skip_items
 
 if TYPE_CHECKING:
     from storage.dicom.guard.fastwalk import TopLevel
 
-__all__ = ["dataset_from_bytes", "unconvertible_elements"]
+__all__ = ["dataset_from_bytes", "unconvertible_elements", "value_checks", "VALUE_CHECKS"]
+
+#: Attribute of a data set built from the guard's table: ``(number of top-level elements when read,
+#: tags whose value the ingest's value check must look at, tags that are or may become DS)`` (the
+#: compiled walk's :data:`~storage.dicom.guard.fastwalk.CHECK_VALUE` and ``CHECK_DS`` bits).
+VALUE_CHECKS = "_medflow_value_checks"
+
+
+def value_checks(ds: Dataset, which: int) -> list | None:
+    """The tags the reader recorded for ``which`` (1: value check, 2: DS check), or None (look at every element).
+
+    None as well when the data set no longer holds as many top-level elements as when it was read.
+    """
+    checks = ds.__dict__.get(VALUE_CHECKS)
+    if checks is None or checks[0] != len(ds._dict):
+        return None
+    return checks[which]
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -211,11 +228,18 @@ def _dataset(data: bytes, top: TopLevel | None = None) -> FileDataset:
     found_implicit = not _is_vr(data[pos + 4:pos + 6])
     if found_implicit != implicit or data[pos:pos + 2] == b"\x00\x00":
         raise _Unusual  # pydicom switches encoding here (with a warning), or reads a command set: let it
+    checks = None
     if top is not None and top.start == pos and top.end == end and top.implicit == implicit and not top.switched:
         elements, encoding = _elements_from_table(data, top)
+        if len(elements) == len(top.tag):  # (a repeated tag: the file-order loop built them)
+            keys = list(elements)
+            checks = (len(keys), [k for k, c in zip(keys, top.checks, strict=True) if c & CHECK_VALUE],
+                      [k for k, c in zip(keys, top.checks, strict=True) if c & CHECK_DS])
     else:
         elements, encoding = _elements(data, pos, end, implicit)
     fds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)  # (the dict is shared)
+    if checks is not None:
+        object.__setattr__(fds, VALUE_CHECKS, checks)
     charset = elements.get(_CHARSET)  # type: ignore[call-overload]
     # ``_character_set`` converts the element; the encoding read above is its value when the VR is CS
     fds.set_original_encoding(implicit, True, encoding if charset is None or charset.VR in (None, "CS")
@@ -318,9 +342,8 @@ def _elements(data: bytes, pos: int, end: int, implicit: bool) -> tuple[dict[Bas
 _KNOWN_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
                         "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
                         "UR", "US", "UT", "UV", "OB or OW", "US or SS", "US or OW", "US or SS or OW"})
-_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
-_ITEM_SIZE = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "OF": 4, "OL": 4,
-              "FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8}
+_TEXT_VRS = TEXT_VRS
+_ITEM_SIZE = ITEM_SIZES
 _NUM = rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
 _INT = rb" *[+-]?[0-9]+ *"
 _DS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_NUM, _NUM))
@@ -367,6 +390,8 @@ def unconvertible_elements(ds: Dataset, *, sequences_checked: bool) -> None:
     sequences_checked : bool
         True when the guard's structural walk (:mod:`storage.dicom.guard.structure`) has
         checked every sequence's nesting, items and lengths: such a sequence is not parsed here.
+        Then, for a data set read from the guard's table, only the elements the compiled walk
+        left to this check (:func:`value_checks`) are looked at: it vouched for the others.
 
     Raises
     ------
@@ -376,7 +401,9 @@ def unconvertible_elements(ds: Dataset, *, sequences_checked: bool) -> None:
     from pydicom.hooks import hooks
 
     encoding = ds.original_character_set or ds._character_set
-    for tag, elem in list(ds._dict.items()):
+    only = value_checks(ds, CHECK_VALUE) if sequences_checked else None
+    items = list(ds._dict.items()) if only is None else [(t, ds._dict[t]) for t in only]
+    for tag, elem in items:
         if not isinstance(elem, RawDataElement):
             continue
         vr = elem.VR

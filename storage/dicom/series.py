@@ -181,11 +181,18 @@ def unreadable_decimal(ds) -> str | None:
     made a single-slice volume 1 mm thick (fuzz seed 7). A damaged value is a data defect, not a
     missing one. (IS values are converted eagerly by pydicom: an unreadable IS already fails the
     ingest's check.) Values still raw are checked from their bytes, without converting any element.
+    Of a data set read from the guard's table, only the elements its compiled walk marked as DS or as
+    possibly DS (UN, or a VR pydicom's hook decides) are looked at; an explicit VR other than DS and UN
+    stays what it is on conversion.
     """
     from pydicom.datadict import keyword_for_tag
     from pydicom.dataelem import RawDataElement
 
-    for tag, elem in list(ds._dict.items()):  # what ``ds.get_item(tag)`` returns for each tag, without the calls
+    from storage.dicom.rawread import value_checks
+
+    only = value_checks(ds, 2)  # the elements the reader recorded as DS, or as possibly DS once converted
+    items = list(ds._dict.items()) if only is None else [(t, ds._dict[t]) for t in only]
+    for tag, elem in items:  # what ``ds.get_item(tag)`` returns for each tag, without the calls
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
             elem = ds.get_item(tag)  # a deferred read: get_item reads and converts it (an empty value is not one)
         vr = elem.VR

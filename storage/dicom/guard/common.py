@@ -135,6 +135,11 @@ _KEYWORDS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00280002
              0x00280011: "Columns", 0x00280100: "BitsAllocated", 0x00280101: "BitsStored", 0x00280102: "HighBit",
              0x00280103: "PixelRepresentation"}
 _WANTED = frozenset(_KEYWORDS)
+#: VRs whose value is text (any ASCII value converts), and binary VRs by item size (a value of a whole number
+#: of items converts): what the ingest's value check takes as decodable without converting (rawread, fastwalk)
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+ITEM_SIZES = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "OF": 4, "OL": 4,
+              "FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8}
 _US_TAGS = frozenset({0x00280002, 0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280102, 0x00280103})
 _MAX_TEXT = 256
 _READY = "medflow-guard-worker-ready"

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from storage.dicom.guard.common import _LONG_VRS, _PIXEL_TAGS, _WANTED
+from storage.dicom.guard.common import _LONG_VRS, _PIXEL_TAGS, _WANTED, ITEM_SIZES, TEXT_VRS
 
-__all__ = ["TopLevel", "walk_little_endian", "warm_up"]
+__all__ = ["CHECK_DS", "CHECK_VALUE", "TopLevel", "walk_little_endian", "warm_up"]
 
 #: Top-level elements and pixel data fragments recorded at most (more: the Python walk runs).
 CAPACITY = 4096
 
 # rows of the element table
-_TAG, _VR, _LENGTH, _VALUE, _HEADER = range(5)
+_TAG, _VR, _LENGTH, _VALUE, _HEADER, _CHECKS = range(6)
 # fields of the summary
 (_N, _FIRST_GROUP, _N_0008, _N_ELEMENTS, _MAX_DEPTH, _PIXEL_TAG, _PIXEL_OFFSET, _PIXEL_LENGTH, _N_FRAGS, _END,
  _SWITCHED) = range(11)
@@ -40,11 +40,37 @@ _N_INFO = 11
 _OK, _PYTHON = 0, 1
 _UNDEFINED = 0xFFFFFFFF
 
+#: A top-level value the ingest's "every value decodes under its VR" check must look at
+#: (:func:`storage.dicom.rawread.unconvertible_elements`): its VR is left to pydicom's hook (implicit VR
+#: without a dictionary entry, UN, an element switched to implicit VR, a dictionary entry with several
+#: VRs), it is DS or IS (checked by pattern), its VR is not one pydicom knows, an undefined length, or
+#: text that is not ASCII / binary data that is not a whole number of items. Every other value decodes.
+CHECK_VALUE = 1
+#: A top-level element that is, or may become on conversion, a DS element (DS; UN and elements whose VR
+#: pydicom's hook decides): the ones :func:`storage.dicom.series.unreadable_decimal` must look at.
+CHECK_DS = 2
+_CHECK_VALUE, _CHECK_DS = CHECK_VALUE, CHECK_DS
+
+# what the value checks do per VR (an array indexed by VR code: 0 = left to Python)
+_KIND_PYTHON, _KIND_SAFE, _KIND_TEXT, _KIND_DS_CANDIDATE = 0, 1, -1, -2
+
 
 def _vr_code(vr: bytes) -> int:
     return vr[0] << 8 | vr[1]
 
 
+def _kinds() -> np.ndarray:
+    kinds = np.zeros(0x5B5B, dtype=np.int64)
+    for vr in TEXT_VRS:
+        kinds[_vr_code(vr.encode())] = _KIND_TEXT
+    for vr, size in ITEM_SIZES.items():
+        kinds[_vr_code(vr.encode())] = size
+    kinds[_vr_code(b"OB")] = kinds[_vr_code(b"SQ")] = _KIND_SAFE  # SQ: the walk has checked its structure
+    kinds[_vr_code(b"DS")] = _KIND_DS_CANDIDATE
+    return kinds
+
+
+_KINDS = _kinds()
 _LONG = np.array(sorted(_vr_code(v) for v in _LONG_VRS), dtype=np.int64)
 
 
@@ -60,21 +86,43 @@ def _u32(buf, pos):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _is_sq(tag, exact, exact_sq, mask1, mask2, mask_sq):  # pragma: no cover - compiled
-    """pydicom's ``dictionary_VR(tag) == "SQ"`` (``datadict.get_entry``: exact entry, then repeater masks)."""
+def _dictionary_vr(tag, exact, exact_vr, mask1, mask2, mask_vr):  # pragma: no cover - compiled
+    """pydicom's ``dictionary_VR(tag)`` as a VR code (``datadict.get_entry``: exact entry, then repeater masks).
+
+    0 for a tag the dictionary does not hold (private, unknown) or whose entry has several VRs ("US or SS").
+    """
     i = np.searchsorted(exact, tag)
     if i < exact.shape[0] and exact[i] == tag:
-        return exact_sq[i]
+        return exact_vr[i]
     if (tag >> 16) & 1:  # private: no repeater lookup
-        return False
+        return 0
     for k in range(mask1.shape[0]):
         if ((tag ^ mask1[k]) & mask2[k]) == 0:
-            return mask_sq[k]
-    return False
+            return mask_vr[k]
+    return 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_sq, mask1, mask2, mask_sq,
+def _value_code(buf, vr, length, value_pos, kinds):  # pragma: no cover - compiled
+    """How much of the ingest's value checks a top-level element needs (see :data:`CHECK_VALUE`)."""
+    kind = kinds[vr] if vr > 0 else _KIND_PYTHON
+    code = _CHECK_DS if kind == _KIND_DS_CANDIDATE or kind == _KIND_PYTHON else 0
+    if length == 0xFFFFFFFF or kind == _KIND_PYTHON or kind == _KIND_DS_CANDIDATE:
+        return code | _CHECK_VALUE
+    if length == 0:
+        return code
+    if kind == _KIND_TEXT:
+        for i in range(value_pos, value_pos + length):
+            if buf[i] >= 0x80:
+                return code | _CHECK_VALUE
+        return code
+    if kind >= 2:  # binary values of a fixed item size
+        return code if length % kind == 0 else code | _CHECK_VALUE
+    return code  # _KIND_SAFE (OB, SQ after the walk)
+
+
+@numba.njit(nogil=True, cache=True)
+def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_vr, mask1, mask2, mask_vr, kinds,
           table, frags, info):  # pragma: no cover - compiled
     """The Python walk's loop, statement for statement; returns _OK only where that walk returns."""
     size = buf.shape[0]
@@ -157,6 +205,12 @@ def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_sq, mask1
                 table[2, n_top] = length
                 table[3, n_top] = value_pos
                 table[4, n_top] = pos
+                # the VR the value checks go by: the header's, the dictionary's in implicit VR, 0 when
+                # pydicom's hook decides (an element switched to implicit VR, a tag the dictionary lacks)
+                checked_vr = _dictionary_vr(tag, exact, exact_vr, mask1, mask2, mask_vr) if implicit else vr
+                # (a defined-length value is looked at only once its bounds are checked, below)
+                table[5, n_top] = _value_code(buf, checked_vr, length, value_pos, kinds) \
+                    if length == 0xFFFFFFFF else 0
                 n_top += 1
                 info[_N_ELEMENTS] += 1
                 if info[_FIRST_GROUP] < 0:
@@ -167,7 +221,7 @@ def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_sq, mask1
             if length == 0xFFFFFFFF:
                 is_sq = vr == 0x5351  # SQ
                 if not is_sq and (vr == 0 or vr == 0x554E) and not is_pixel:  # None or UN
-                    if _is_sq(tag, exact, exact_sq, mask1, mask2, mask_sq):
+                    if _dictionary_vr(tag, exact, exact_vr, mask1, mask2, mask_vr) == 0x5351:
                         is_sq = True
                     else:
                         is_sq = value_pos + 4 <= size and _u16(buf, value_pos) == 0xFFFE and \
@@ -203,11 +257,14 @@ def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_sq, mask1
             limit = end if cend < 0 else cend
             if vend > limit:
                 return _PYTHON
+            if depth == 0:
+                table[5, n_top - 1] = _value_code(buf, checked_vr, length, value_pos, kinds)
             if is_pixel:
                 info[_PIXEL_TAG] = tag
                 info[_PIXEL_OFFSET] = value_pos
                 info[_PIXEL_LENGTH] = length
-            is_sq = vr == 0x5351 or (vr == 0 and length > 0 and _is_sq(tag, exact, exact_sq, mask1, mask2, mask_sq))
+            is_sq = vr == 0x5351 or (vr == 0 and length > 0 and
+                                     _dictionary_vr(tag, exact, exact_vr, mask1, mask2, mask_vr) == 0x5351)
             if is_sq and length > 0:
                 if depth + 1 > max_depth:
                     return _PYTHON
@@ -268,23 +325,33 @@ def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_sq, mask1
     return _OK
 
 
+def _code_of(vr: str) -> int:
+    """A dictionary VR as a code; 0 for an entry with several VRs ("US or SS", "OB or OW")."""
+    return _vr_code(vr.encode()) if len(vr) == 2 and vr.isalpha() and vr.isupper() else 0
+
+
 @functools.lru_cache(maxsize=1)
 def _dictionary() -> tuple[np.ndarray, ...]:
-    """pydicom's data dictionary as sorted arrays: exact tags and their "is SQ", then the repeater masks in order."""
+    """pydicom's data dictionary as sorted arrays: exact tags and their VR codes, then the repeater masks in order."""
     from pydicom import datadict
 
     exact = np.array(sorted(int(t) for t in datadict.DicomDictionary), dtype=np.int64)
-    exact_sq = np.array([datadict.DicomDictionary[t][0] == "SQ" for t in exact.tolist()], dtype=np.bool_)
+    exact_vr = np.array([_code_of(datadict.DicomDictionary[t][0]) for t in exact.tolist()], dtype=np.int64)
     items = list(datadict.masks.items())
     mask1 = np.array([m1 for _, (m1, _m2) in items], dtype=np.int64)
     mask2 = np.array([m2 for _, (_m1, m2) in items], dtype=np.int64)
-    mask_sq = np.array([datadict.RepeatersDictionary[k][0] == "SQ" for k, _ in items], dtype=np.bool_)
-    return exact, exact_sq, mask1, mask2, mask_sq
+    mask_vr = np.array([_code_of(datadict.RepeatersDictionary[k][0]) for k, _ in items], dtype=np.int64)
+    return exact, exact_vr, mask1, mask2, mask_vr
 
 
 def dictionary_is_sq(tag: int) -> bool:
-    """The compiled dictionary lookup the walk uses (exposed for its test against pydicom)."""
-    return bool(_is_sq(np.int64(tag), *_dictionary()))
+    """The compiled dictionary lookup the walk uses, as "is a sequence" (exposed for its test against pydicom)."""
+    return int(_dictionary_vr(np.int64(tag), *_dictionary())) == _vr_code(b"SQ")
+
+
+def dictionary_vr_code(tag: int) -> int:
+    """The compiled dictionary lookup's VR code of ``tag`` (0: none or several; for its test against pydicom)."""
+    return int(_dictionary_vr(np.int64(tag), *_dictionary()))
 
 
 @dataclass
@@ -293,7 +360,8 @@ class TopLevel:
 
     ``vr`` is the two VR bytes as ``b0 << 8 | b1``, 0 where the header has no VR (implicit VR, or an
     element switched to implicit inside an explicit data set: ``switched``, top level only). ``value_pos`` and
-    ``header_pos`` are offsets in the buffer walked; ``end`` is where the walk stopped.
+    ``header_pos`` are offsets in the buffer walked; ``end`` is where the walk stopped. ``checks`` holds
+    each element's :data:`CHECK_VALUE` / :data:`CHECK_DS` bits.
     """
 
     start: int
@@ -305,6 +373,7 @@ class TopLevel:
     length: list[int]
     value_pos: list[int]
     header_pos: list[int]
+    checks: list[int]
 
 
 def walk_little_endian(buf, start: int, end: int, *, implicit: bool, max_depth: int):
@@ -331,10 +400,10 @@ def walk_little_endian(buf, start: int, end: int, *, implicit: bool, max_depth: 
     from storage.dicom.guard.structure import _Structure
 
     arr = np.frombuffer(buf, dtype=np.uint8)
-    table = np.empty((5, CAPACITY), dtype=np.int64)
+    table = np.empty((6, CAPACITY), dtype=np.int64)
     frags = np.empty((2, CAPACITY), dtype=np.int64)
     info = np.zeros(_N_INFO, dtype=np.int64)
-    status = _walk(arr, start, end, implicit, max_depth, _LONG, *_dictionary(), table, frags, info)
+    status = _walk(arr, start, end, implicit, max_depth, _LONG, *_dictionary(), _KINDS, table, frags, info)
     del arr
     if status != _OK:
         return None
@@ -357,7 +426,8 @@ def walk_little_endian(buf, start: int, end: int, *, implicit: bool, max_depth: 
         if tag in _WANTED and length != _UNDEFINED:
             values[tag] = (pos, length)
     top = TopLevel(start=start, end=info_list[_END], implicit=implicit, switched=bool(info_list[_SWITCHED]),
-                   tag=tags, vr=rows[_VR], length=lengths, value_pos=value_pos, header_pos=rows[_HEADER])
+                   tag=tags, vr=rows[_VR], length=lengths, value_pos=value_pos, header_pos=rows[_HEADER],
+                   checks=rows[_CHECKS])
     return structure, top
 
 
