@@ -94,8 +94,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__} for a digest")
 
 
-def folder_manifest(root: str | os.PathLike) -> dict[str, list]:
-    """Map each file's path (relative, POSIX) below ``root`` to ``[size, sha256]``; the manifest file is skipped."""
+def folder_manifest(root: str | os.PathLike, *, known: dict | None = None,
+                    record: dict | None = None) -> dict[str, list]:
+    """Map each file's path (relative, POSIX) below ``root`` to ``[size, sha256]``; the manifest file is skipped.
+
+    ``known``: digests already taken of files below ``root`` by this process, by ``(device, inode)`` ->
+    ``(size, mtime_ns, ctime_ns, sha256)`` (see :func:`atomic_folder`); a file whose size and times are
+    unchanged is not hashed again. ``record``: filled with the same entries for every file listed.
+    """
     root = pathlib.Path(root)
     out: dict[str, list] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -105,7 +111,16 @@ def folder_manifest(root: str | os.PathLike) -> dict[str, list]:
             rel = p.relative_to(root).as_posix()
             if rel == MANIFEST:
                 continue
-            out[rel] = [p.stat().st_size, sha256_file(p)]
+            st = os.stat(p)
+            key = (st.st_dev, st.st_ino)
+            hit = known.get(key) if known else None
+            if hit is not None and hit[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                digest = hit[3]
+            else:
+                digest = sha256_file(p)
+            if record is not None:
+                record[key] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)
+            out[rel] = [st.st_size, digest]
     return out
 
 
@@ -170,6 +185,16 @@ def staging_dir(final: pathlib.Path) -> pathlib.Path:
 
 #: Folders this process is staging in :func:`atomic_folder` right now (each fsyncs all its files when done).
 _STAGING: set[pathlib.Path] = set()
+#: Per folder being staged: the digests the manifests of the folders staged and renamed inside it took
+#: (``(device, inode) -> (size, mtime_ns, ctime_ns, sha256)``); its own manifest does not hash those files again.
+_HASHED: dict[pathlib.Path, dict[tuple[int, int], tuple[int, int, int, str]]] = {}
+
+
+def _enclosing_staging(path: pathlib.Path) -> pathlib.Path | None:
+    """The nearest folder above ``path`` that :func:`atomic_folder` is staging in this process, or None."""
+    if not _STAGING:
+        return None
+    return next((p for p in pathlib.Path(path).parents if p in _STAGING), None)
 
 
 def inside_staging(path: pathlib.Path) -> bool:
@@ -213,15 +238,19 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
 
     A folder staged inside another staging folder (a volume inside a collection unit) skips
     the fsync of its files: the enclosing folder fsyncs every file below it before its own
-    rename, which is the one that makes them visible.
+    rename, which is the one that makes them visible. Once renamed into place, its files'
+    digests are handed to the enclosing folder, whose manifest takes them instead of reading
+    the files again (while their size, modification and status-change times are unchanged).
     """
     final = pathlib.Path(final)
     stage = staging_dir(final)
     stage.mkdir(parents=True)
     _STAGING.add(stage)
+    _HASHED[stage] = {}
     try:
         yield stage
-        manifest = folder_manifest(stage)
+        taken: dict[tuple[int, int], tuple[int, int, int, str]] = {}
+        manifest = folder_manifest(stage, known=_HASHED.get(stage), record=taken)
         (stage / MANIFEST).write_text(canonical_json(manifest))
         if not inside_staging(final):
             for dirpath, _dirs, files in os.walk(stage):
@@ -233,10 +262,17 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
                 shutil.rmtree(stage)
                 return
             shutil.rmtree(final)  # a damaged earlier copy: replace it
+            enclosing = _enclosing_staging(final)
+            if enclosing is not None:  # digests of the removed files must not outlive them (inodes are reused)
+                _HASHED.get(enclosing, {}).clear()
         os.replace(stage, final)
         _fsync_dir(final.parent)
+        enclosing = _enclosing_staging(final)
+        if enclosing is not None:
+            _HASHED.setdefault(enclosing, {}).update(taken)
     finally:
         _STAGING.discard(stage)
+        _HASHED.pop(stage, None)
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
 
