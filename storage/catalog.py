@@ -126,9 +126,41 @@ class Catalog:
         self.close()
 
     def upsert(self, rows: list[Base]) -> None:
-        with Session(self.engine) as session, session.begin():
+        """Insert or update ``rows`` (by primary key) in one transaction.
+
+        The rows already stored are loaded with one query per table (500 keys at a time) and
+        updated by ``merge``; the others are added; one flush at commit writes them all (a
+        ``merge`` per row cost a SELECT and a flush each: 0.2 s for a 26-patient collection).
+        """
+        with Session(self.engine) as session, session.begin(), session.no_autoflush:
+            by_type: dict[type, list[Base]] = {}
             for row in rows:
-                session.merge(row)
+                by_type.setdefault(type(row), []).append(row)
+            stored: set[tuple[type, Any]] = set()
+            for cls, items in by_type.items():
+                (pk,) = cls.__mapper__.primary_key
+                keys = sorted({getattr(r, pk.key) for r in items})
+                for i in range(0, len(keys), 500):
+                    found = session.scalars(select(cls).where(pk.in_(keys[i:i + 500]))).all()
+                    stored.update((cls, getattr(r, pk.key)) for r in found)
+            # table by table, parents first (foreign keys are checked on insert by PostgreSQL; without ORM
+            # relationships the unit of work does not order the tables itself)
+            order = {table: i for i, table in enumerate(Base.metadata.sorted_tables)}
+            for cls in sorted(by_type, key=lambda c: order[c.__table__]):
+                added: set[Any] = set()
+                for row in by_type[cls]:
+                    (pk,) = cls.__mapper__.primary_key
+                    key = getattr(row, pk.key)
+                    if key in added:  # a repeat in ``rows``: merged onto the first, once that is flushed
+                        session.flush()
+                        stored.update((cls, k) for k in added)
+                        added.clear()
+                    if (cls, key) in stored:
+                        session.merge(row)  # (found in the identity map: no query)
+                    else:
+                        session.add(row)
+                        added.add(key)
+                session.flush()
 
     @staticmethod
     def _volume_rows(ref: Any) -> list[Base]:

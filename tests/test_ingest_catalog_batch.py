@@ -66,3 +66,28 @@ def test_register_collection_equals_row_by_row(tmp_path):
     assert _dump(batch) == _dump(one)
     batch.register_collection(vols, masks, qc=qc, rejections=rej, artifacts=arts)  # idempotent
     assert _dump(batch) == _dump(one)
+
+
+def test_upsert_updates_stored_rows_inserts_new_ones_and_merges_repeats(tmp_path):
+    """With foreign keys enforced (as PostgreSQL does), children listed before their parents."""
+    from sqlalchemy import event
+
+    from storage.catalog import Catalog, Patient, Series, Study
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    event.listen(cat.engine, "connect", lambda conn, _rec: conn.execute("PRAGMA foreign_keys=ON"))
+    cat.engine.dispose()
+    cat.upsert([Patient(patient_key="P1"), Study(study_key="S1", patient_key="P1"),
+                Series(series_key="X1", study_key="S1", modality="CT", series_number=1)])
+    cat.upsert([Series(series_key="X1", study_key="S1", modality="MR", series_number=2),  # stored: updated
+                Series(series_key="X2", study_key="S2", modality="PT", series_number=3),  # new, parent below
+                Study(study_key="S2", patient_key="P2"), Patient(patient_key="P2"),
+                Series(series_key="X3", study_key="S2", modality="PT", series_number=5),
+                Series(series_key="X2", study_key="S2", modality="PT", series_number=4),  # a repeat: merged
+                Series(series_key="X3", study_key="S2", modality="CT", series_number=6)])  # repeated after a flush
+    with cat.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT series_key, study_key, modality, series_number FROM series "
+                                    "ORDER BY series_key").fetchall()
+    assert [tuple(r) for r in rows] == [("X1", "S1", "MR", 2), ("X2", "S2", "PT", 4), ("X3", "S2", "CT", 6)]
+    assert cat.count(Patient) == 2 and cat.count(Study) == 2
+    cat.close()
