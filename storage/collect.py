@@ -199,7 +199,7 @@ def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: An
         meta = {"mask_key": mask_key, "volume_key": volume_key, "roi_name": roi, "source": m.source,
                 "patient_key": vmeta["patient_key"], "modality": vmeta["modality"],
                 "voxels": int(np.count_nonzero(m.mask)), "shape": list(m.mask.shape)}
-        write_array(folder / rel, m.mask.astype(bool), affine=affine, spacing=tuple(vmeta["spacing"]),
+        write_array(folder / rel, m.mask.astype(bool, copy=False), affine=affine, spacing=tuple(vmeta["spacing"]),
                     attrs={"medflow": meta})
         out["masks"].append({"rel": rel, "meta": meta})
     out["rejections"].extend(rejection_record(r) for r in result.rejections)

@@ -128,10 +128,19 @@ def file_digest(path: str | os.PathLike[str], *, note: Callable[[bytes], Any] | 
         remembered with the digest (:func:`take_digest`), e.g. the PatientID for the partition.
     """
     st = os.stat(path)
-    key = _stat_key(path, st)
-    hit = _DIGESTS.get(key)
+    hit = _DIGESTS.get(_stat_key(path, st))
     if hit is not None:
         return hit[0]
+    st, digest, noted = _read_digest(path, note, st)
+    remember_digest(path, st, digest, noted)
+    return digest
+
+
+def _read_digest(path: str | os.PathLike[str], note: Callable[[bytes], Any] | None,
+                 st: os.stat_result | None = None) -> tuple[os.stat_result, str, Any]:
+    """``(stat taken before the read, SHA-256, note of the first bytes)`` of one file, read once."""
+    if st is None:
+        st = os.stat(path)
     if st.st_size <= _WHOLE_FILE_BYTES:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -144,8 +153,59 @@ def file_digest(path: str | os.PathLike[str], *, note: Callable[[bytes], Any] | 
         if note is not None:
             with open(path, "rb") as fh:
                 head = fh.read(NOTE_BYTES)
-    remember_digest(path, st, digest, note(head) if note is not None else None)
-    return digest
+    return st, digest, note(head) if note is not None else None
+
+
+def _read_digests(paths: list[str], note: Callable[[bytes], Any] | None) -> list[tuple[os.stat_result, str, Any]]:
+    """:func:`_read_digest` of each path (one worker's share of :func:`file_digests`)."""
+    return [_read_digest(p, note) for p in paths]
+
+
+#: Below this many files to hash, :func:`file_digests` does not start worker processes.
+_PARALLEL_FILES = 512
+
+
+def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | None = None,
+                 workers: int = 1) -> list[str]:
+    """:func:`file_digest` of every path, in order; the files not remembered yet hashed by ``workers`` processes.
+
+    The workers come from the collection's worker server (:func:`storage.workers.worker_context`, its modules
+    loaded) and each reads and hashes an interleaved share of the files; what they report (stat, digest,
+    ``note``'s answer) is remembered here as :func:`file_digest` remembers it. With ``workers`` <= 1, fewer
+    than :data:`_PARALLEL_FILES` files, or workers that cannot start, the files are hashed in this process.
+    A file that cannot be read raises as in :func:`file_digest`.
+    """
+    out: list[str | None] = [None] * len(paths)
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        hit = _DIGESTS.get(_stat_key(p, os.stat(p)))
+        if hit is not None:
+            out[i] = hit[0]
+        else:
+            todo.append(i)
+    results: list[tuple[os.stat_result, str, Any]] | None = None
+    if workers > 1 and len(todo) >= _PARALLEL_FILES:
+        import concurrent.futures
+
+        from storage.workers import worker_context
+
+        shares = [todo[k::workers * 4] for k in range(workers * 4)]  # interleaved: sizes and folders mixed
+        try:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
+                answers = list(pool.map(_read_digests, [[os.fspath(paths[i]) for i in share] for share in shares],
+                                        [note] * len(shares)))
+        except Exception:  # noqa: BLE001 - workers that fail to start, or a file that fails: hashed here, where
+            answers = None  # a file's own failure raises as file_digest raises it
+        if answers is not None:
+            order = [i for share in shares for i in share]
+            results = [r for answer in answers for r in answer]
+            for i, (st, digest, noted) in zip(order, results, strict=True):
+                remember_digest(paths[i], st, digest, noted)
+                out[i] = digest
+            todo = []
+    for i in todo:
+        out[i] = file_digest(paths[i], note=note)
+    return out  # type: ignore[return-value]
 
 
 def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: str, noted: Any = None) -> None:
