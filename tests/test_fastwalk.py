@@ -22,6 +22,7 @@ from storage.dicom.guard import fastwalk
 from storage.dicom.guard.common import _dictionary_is_sq, _Reject
 from storage.dicom.guard.structure import _read_meta, _walk
 from storage.dicom.rawread import _elements, _elements_from_table, _meta, dataset_from_bytes
+from tests.test_rawseq import defined_lengths
 
 
 def _python(data: bytes, start: int, *, implicit: bool, max_depth: int = 32):
@@ -102,11 +103,7 @@ def _donors(shared: pathlib.Path) -> list[bytes]:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         donors.append(buf.getvalue())
-        for elem in ds.iterall():
-            if elem.VR == "SQ":
-                elem.value.is_undefined_length = False
-                for item in elem.value:
-                    item.is_undefined_length_sequence_item = False
+        defined_lengths(ds)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         donors.append(buf.getvalue())

@@ -183,6 +183,15 @@ def test_unusual_layouts_are_left_to_pydicom(tmp_path):
     assert sequence_items(fresh, "DirectoryRecordSequence") == []  # absent
 
 
+def defined_lengths(ds) -> None:
+    """Mark every sequence and item of ``ds`` (nested too) for writing with defined lengths (in place)."""
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.value.is_undefined_length = False
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = False
+
+
 def _outcome(ds, volumes):
     """What rasterising a structure set gives: masks (name, digest, meta) and rejections, or the exception type."""
     import hashlib
@@ -213,11 +222,7 @@ def test_damaged_structure_sets_read_as_pydicom_reads_them(shared_data, monkeypa
     # the same structure set with defined-length sequences and items: the top-level reader keeps those encoded
     # without walking them, so their damage is met by the item reader itself
     ds = pydicom.dcmread(io.BytesIO(donors[0]))
-    for elem in ds.iterall():
-        if elem.VR == "SQ":
-            elem.value.is_undefined_length = False
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = False
+    defined_lengths(ds)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     donors.append(buf.getvalue())

@@ -121,6 +121,22 @@ def _value_code(buf, vr, length, value_pos, kinds):  # pragma: no cover - compil
     return code  # _KIND_SAFE (OB, SQ after the walk)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _open_sequence(s_kind, s_end, s_depth, s_pixel, top, end, depth, max_depth, info):  # pragma: no cover
+    """Push a sequence (``end`` -1: undefined length) one level below ``depth``; the new top, or -1 (Python)."""
+    if depth + 1 > max_depth:
+        return -1
+    info[_MAX_DEPTH] = max(info[_MAX_DEPTH], depth + 1)
+    top += 1
+    if top >= s_kind.shape[0]:
+        return -1
+    s_kind[top] = 1
+    s_end[top] = end
+    s_depth[top] = depth + 1
+    s_pixel[top] = False
+    return top
+
+
 @numba.njit(nogil=True, cache=True)
 def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_vr, mask1, mask2, mask_vr, kinds,
           table, frags, info):  # pragma: no cover - compiled
@@ -227,16 +243,9 @@ def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_vr, mask1
                         is_sq = value_pos + 4 <= size and _u16(buf, value_pos) == 0xFFFE and \
                             _u16(buf, value_pos + 2) == 0xE000
                 if is_sq:
-                    if depth + 1 > max_depth:
+                    top = _open_sequence(s_kind, s_end, s_depth, s_pixel, top, -1, depth, max_depth, info)
+                    if top < 0:
                         return _PYTHON
-                    info[_MAX_DEPTH] = max(info[_MAX_DEPTH], depth + 1)
-                    top += 1
-                    if top >= levels:
-                        return _PYTHON
-                    s_kind[top] = 1
-                    s_end[top] = -1
-                    s_depth[top] = depth + 1
-                    s_pixel[top] = False
                 elif vr == 0 or vr == 0x4F42 or vr == 0x4F57 or vr == 0x554E:  # None, OB, OW, UN
                     if is_pixel:
                         info[_PIXEL_TAG] = tag
@@ -266,16 +275,9 @@ def _walk(buf, start, end, implicit, max_depth, long_vrs, exact, exact_vr, mask1
             is_sq = vr == 0x5351 or (vr == 0 and length > 0 and
                                      _dictionary_vr(tag, exact, exact_vr, mask1, mask2, mask_vr) == 0x5351)
             if is_sq and length > 0:
-                if depth + 1 > max_depth:
+                top = _open_sequence(s_kind, s_end, s_depth, s_pixel, top, vend, depth, max_depth, info)
+                if top < 0:
                     return _PYTHON
-                info[_MAX_DEPTH] = max(info[_MAX_DEPTH], depth + 1)
-                top += 1
-                if top >= levels:
-                    return _PYTHON
-                s_kind[top] = 1
-                s_end[top] = vend
-                s_depth[top] = depth + 1
-                s_pixel[top] = False
                 pos = value_pos
             else:
                 pos = vend
