@@ -31,8 +31,11 @@ Pieces (``--only`` takes a comma-separated subset; default all, in this order):
     the memory-growth ratio.
 
 Every tool is measured the same way: the collection rows (dcm2niix -z n, -z y, ``medflow
-ingest``) ``--repeat`` times each (default 3), round-robin so that a drift of the machine's
-speed touches every tool alike, each figure the median run (all values are kept); the
+ingest``) first ``--warmup`` untimed rounds (default 1: the one-time costs of a fresh clone,
+such as numba's on-disk compile caches and ``.pyc`` files, or a binary's first load; printed
+and kept in the results apart from the medians), then ``--repeat`` times each (default 3),
+round-robin so that a drift of the machine's speed touches every tool alike, each figure the
+median run (all values are kept); the
 ``medflow run`` and MIRP rows once each (minutes per run), each as a subprocess whose process tree (parent + all children: joblib workers,
 Prefect's server) is sampled for peak RSS every 0.1 s. For ``medflow run`` the stage
 breakdown comes from the run's Prefect database (a private ``PREFECT_HOME``): task
@@ -409,11 +412,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workdir", type=pathlib.Path, default=None, help="parent of the temporary folder")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each collection tool (dcm2niix -z n/-z y, medflow ingest), round-robin; medians")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed rounds of every collection tool before the timed ones (one-time costs of a fresh "
+                         "clone or binary: numba's on-disk compile caches, .pyc files, the first load)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (copies, workspaces)")
     ap.add_argument("--no-write", action="store_true", help="do not merge rows into bench/results.json")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
+    if args.warmup < 0:
+        raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
     pieces = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(pieces) - set(PIECES))
     if unknown:
@@ -454,18 +462,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         zn_runs: list[dict[str, Any]] = []
         zy_runs: list[dict[str, Any]] = []
         ingest_runs: list[dict[str, Any]] = []
-        for k in range(args.repeat if {"dcm2niix", "collect"} & set(pieces) else 0):
+        warm: dict[str, list[float]] = {"dcm2niix -z n": [], "dcm2niix -z y": [], "medflow ingest (flow)": []}
+        rounds = args.warmup + args.repeat if {"dcm2niix", "collect"} & set(pieces) else 0
+        for k in range(rounds):
+            timed = k >= args.warmup  # the warm-up rounds: every tool alike, printed, kept apart from the medians
+            label = f"[{k - args.warmup + 1}/{args.repeat}]" if timed else f"[warm-up {k + 1}/{args.warmup}]"
             if "dcm2niix" in pieces and "dcm2niix" not in failures and "skipped" not in res.get("dcm2niix", {}):
                 with guard("dcm2niix"):
                     try:
                         for gz, runs in ((False, zn_runs), (True, zy_runs)):
                             r = dcm2niix(full, root / f"dcm2niix-{'zy' if gz else 'zn'}", gz)
                             r["files_per_s"] = round(res["dicom_files"] / r["seconds"], 1)
-                            runs.append(r)
-                            print(f"[{k + 1}/{args.repeat}] dcm2niix -z {'y' if gz else 'n'}: {r['seconds']:.2f} s, "
+                            if timed:
+                                runs.append(r)
+                            else:
+                                warm[f"dcm2niix -z {'y' if gz else 'n'}"].append(r["seconds"])
+                            print(f"{label} dcm2niix -z {'y' if gz else 'n'}: {r['seconds']:.2f} s, "
                                   f"{r['files_per_s']:.0f} files/s, {r['outputs']} NIfTI", flush=True)
-                        res["dcm2niix"] = {"z_n": median_run(zn_runs, "seconds"),
-                                           "z_y": median_run(zy_runs, "seconds")}
+                        if timed:
+                            res["dcm2niix"] = {"z_n": median_run(zn_runs, "seconds"),
+                                               "z_y": median_run(zy_runs, "seconds")}
                     except FileNotFoundError as exc:  # not installed: skipped with the reason (a crash is a failure)
                         res["dcm2niix"] = {"skipped": str(exc)}
                         print(f"dcm2niix skipped: {exc}", flush=True)
@@ -479,11 +495,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     r["flow_wall_s"] = wall
                     r["files_per_s_process"] = round(res["dicom_files"] / r["seconds"], 1)
                     r["files_per_s_flow"] = round(res["dicom_files"] / wall, 1) if wall else None
-                    ingest_runs.append(r)
-                    res["collect"] = median_run(ingest_runs, "flow_wall_s")
-                    print(f"[{k + 1}/{args.repeat}] medflow ingest: {r['seconds']:.1f} s process "
+                    if timed:
+                        ingest_runs.append(r)
+                        res["collect"] = median_run(ingest_runs, "flow_wall_s")
+                    else:
+                        warm["medflow ingest (flow)"].append(wall)
+                    print(f"{label} medflow ingest: {r['seconds']:.1f} s process "
                           f"({r['files_per_s_process']:.0f} files/s), flow {wall} s ({r['files_per_s_flow']} files/s); "
                           f"volumes {r.get('volumes')}", flush=True)
+        if any(warm.values()):
+            res["collection_warmup_s"] = {name: values for name, values in warm.items() if values}
+            print("warm-up rounds (untimed, not in the medians): " + "; ".join(
+                f"{name} {values}" for name, values in res["collection_warmup_s"].items()), flush=True)
         for name, label, key in (("dcm2niix", "dcm2niix -z n", "z_n"), ("dcm2niix", "dcm2niix -z y", "z_y"),
                                  ("collect", "medflow ingest (flow)", None)):
             row = res.get(name, {}).get(key) if key else res.get(name)
@@ -589,7 +612,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "limit": t["limit"], "status": t["status"], "detail": t["detail"]} for t in res["targets"]]
             rows.append({"operation": f"cohort_{len(patients)}p_measurements", "tool": "all", "result": res})
             merge_results(rows, benchmark="bench_cohort",
-                          run_facts={"policy": f"collection rows: median of {args.repeat} round-robin runs per tool; "
+                          run_facts={"policy": f"collection rows: {args.warmup} untimed warm-up round(s), then the median of "
+                                               f"{args.repeat} round-robin runs per tool; "
                                                "medflow run / MIRP rows: one run each; subprocess, page cache warmed by "
                                                "the copy",
                                      "machine_at_start": machine_facts()})

@@ -205,3 +205,37 @@ def test_median_run_keeps_a_whole_run_and_every_value():
 def test_cohort_rejects_a_repeat_below_one(tmp_path):
     with pytest.raises(SystemExit, match="--repeat must be >= 1, got 0"):
         bench_cohort.main(["--repeat", "0", "--data", str(tmp_path), "--no-write"])
+
+
+def test_cohort_collection_rows_warm_up_every_tool_alike_outside_the_medians(tmp_path, monkeypatch):
+    # fake tools whose first call is slow (a fresh clone's compile caches, a binary's first load):
+    # the warm-up round takes that call for every tool, the medians are of the timed rounds only
+    data = tmp_path / "data"
+    (data / "P1").mkdir(parents=True)
+    (data / "P1" / "a.dcm").write_bytes(b"x" * 10)
+    seconds = {"zn": iter([9.0, 1.0, 3.0, 2.0]), "zy": iter([19.0, 4.0, 6.0, 5.0]),
+               "ingest": iter([29.0, 7.0, 9.0, 8.0])}
+
+    def fake_dcm2niix(source, out, gz):
+        return {"seconds": next(seconds["zy" if gz else "zn"]), "outputs": 1}
+
+    class FakeMedflow:
+        def __init__(self, workdir):
+            pass
+
+        def __call__(self, command, source, workspace, config=None):
+            assert command == "ingest"
+            wall = next(seconds["ingest"])
+            return {"seconds": wall + 10, "flow": {"flow_wall_s": wall}, "volumes": 1}
+
+    monkeypatch.setattr(bench_cohort, "dcm2niix", fake_dcm2niix)
+    monkeypatch.setattr(bench_cohort, "Medflow", FakeMedflow)
+    res = bench_cohort.main(["--data", str(data), "--only", "dcm2niix,collect", "--warmup", "1", "--repeat", "3",
+                             "--workdir", str(tmp_path), "--no-write"])
+    assert res["collection_warmup_s"] == {"dcm2niix -z n": [9.0], "dcm2niix -z y": [19.0],
+                                          "medflow ingest (flow)": [29.0]}
+    assert res["dcm2niix"]["z_n"]["all"] == [1.0, 3.0, 2.0] and res["dcm2niix"]["z_n"]["median_of"] == 2.0
+    assert res["dcm2niix"]["z_y"]["median_of"] == 5.0
+    assert res["collect"]["all"] == [7.0, 9.0, 8.0] and res["collect"]["median_of"] == 8.0
+    with pytest.raises(SystemExit, match="--warmup must be >= 0, got -1"):
+        bench_cohort.main(["--warmup", "-1", "--data", str(tmp_path), "--no-write"])
