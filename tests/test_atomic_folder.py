@@ -61,3 +61,78 @@ def test_a_discarded_copy_hands_nothing_outwards(tmp_path):
         (outer / "b").write_bytes(b"same")
         assert len(ws_mod._HASHED[outer]) == 1  # the kept copy's file only
     assert _stored_manifest(outer_final) == folder_manifest(outer_final)
+
+
+# --------------------------------------------------------------------------- durability before the rename
+
+
+class _Recorder:
+    """Stands in for libc's syncfs: records the device of the fd it gets; returns ``result`` (errno ``err``)."""
+
+    def __init__(self, result=0, err=0):
+        self.devices, self.result, self.err = [], result, err
+
+    def __call__(self, fd):
+        import ctypes
+
+        self.devices.append(os.fstat(fd).st_dev)
+        if self.err:
+            ctypes.set_errno(self.err)
+        return self.result
+
+
+def _tree(root, n):
+    (root / "c" / "0").mkdir(parents=True)
+    for k in range(n):
+        (root / "c" / "0" / str(k)).write_bytes(bytes([k]) * 10)
+
+
+def test_a_folder_of_many_files_is_made_durable_by_one_syncfs(tmp_path, monkeypatch):
+    fake, fsyncs = _Recorder(), []
+    monkeypatch.setattr(ws_mod, "_syncfs_call", lambda: fake)
+    monkeypatch.setattr(ws_mod.os, "fsync", lambda fd: fsyncs.append(fd))
+    _tree(tmp_path / "t", ws_mod.SYNCFS_MIN_FILES)
+    ws_mod.sync_tree(tmp_path / "t")
+    assert fake.devices == [os.stat(tmp_path / "t").st_dev] and fsyncs == []
+
+
+def test_a_small_folder_or_no_syncfs_fsyncs_every_file(tmp_path, monkeypatch):
+    fake, fsyncs = _Recorder(), []
+    monkeypatch.setattr(ws_mod.os, "fsync", lambda fd: fsyncs.append(os.readlink(f"/proc/self/fd/{fd}")))
+    monkeypatch.setattr(ws_mod, "_syncfs_call", lambda: fake)
+    _tree(tmp_path / "small", ws_mod.SYNCFS_MIN_FILES - 1)
+    ws_mod.sync_tree(tmp_path / "small")
+    assert fake.devices == [] and len(fsyncs) == ws_mod.SYNCFS_MIN_FILES - 1
+    monkeypatch.setattr(ws_mod, "_syncfs_call", lambda: None)  # not Linux, or a libc without syncfs
+    fsyncs.clear()
+    _tree(tmp_path / "big", 20)
+    ws_mod.sync_tree(tmp_path / "big")
+    assert sorted(fsyncs) == sorted(str(p) for p in (tmp_path / "big").rglob("*") if p.is_file())
+
+
+def test_a_failing_syncfs_fails_the_folder_and_publishes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    monkeypatch.setattr(ws_mod, "_syncfs_call", lambda: _Recorder(result=-1, err=errno.EIO))
+    final = tmp_path / "artifact"
+    with pytest.raises(OSError) as info, atomic_folder(final) as stage:
+        _tree(stage, 12)
+    assert info.value.errno == errno.EIO and "syncfs" in str(info.value)
+    assert not final.exists() and list(tmp_path.iterdir()) == []  # no artifact, no staging folder left
+
+
+def test_the_real_syncfs_is_used_on_linux(tmp_path):
+    import sys
+
+    import pytest
+
+    with pytest.raises(ValueError, match="min_files must be >= 1, got 0"):
+        ws_mod.sync_tree(tmp_path, min_files=0)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs is Linux-only (elsewhere every file is fsynced)")
+    assert ws_mod._syncfs_call() is not None
+    with atomic_folder(tmp_path / "a") as stage:
+        _tree(stage, 16)
+    assert len(list((tmp_path / "a").rglob("*"))) == 16 + 2 + 1  # files, their two folders, the manifest
