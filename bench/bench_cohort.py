@@ -500,9 +500,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         res["collect"] = median_run(ingest_runs, "flow_wall_s")
                     else:
                         warm["medflow ingest (flow)"].append(wall)
+                    inside = r["flow"].get("task_bodies_covered_s")
                     print(f"{label} medflow ingest: {r['seconds']:.1f} s process "
-                          f"({r['files_per_s_process']:.0f} files/s), flow {wall} s ({r['files_per_s_flow']} files/s); "
-                          f"volumes {r.get('volumes')}", flush=True)
+                          f"({r['files_per_s_process']:.0f} files/s), flow {wall} s ({r['files_per_s_flow']} files/s): "
+                          f"collect task {inside} s, the rest of the flow {r['flow'].get('orchestration_s')} s "
+                          f"(source fingerprint, task start, registration); volumes {r.get('volumes')}", flush=True)
         if any(warm.values()):
             res["collection_warmup_s"] = {name: values for name, values in warm.items() if values}
             print("warm-up rounds (untimed, not in the medians): " + "; ".join(

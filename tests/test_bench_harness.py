@@ -226,7 +226,8 @@ def test_cohort_collection_rows_warm_up_every_tool_alike_outside_the_medians(tmp
         def __call__(self, command, source, workspace, config=None):
             assert command == "ingest"
             wall = next(seconds["ingest"])
-            return {"seconds": wall + 10, "flow": {"flow_wall_s": wall}, "volumes": 1}
+            return {"seconds": wall + 10, "flow": {"flow_wall_s": wall, "task_bodies_covered_s": wall - 1,
+                                                   "orchestration_s": 1.0}, "volumes": 1}
 
     monkeypatch.setattr(bench_cohort, "dcm2niix", fake_dcm2niix)
     monkeypatch.setattr(bench_cohort, "Medflow", FakeMedflow)
