@@ -205,7 +205,8 @@ def sync_tree(root: pathlib.Path, *, min_files: int = SYNCFS_MIN_FILES) -> None:
 
     One ``syncfs(2)`` on the file system holding ``root`` when it holds ``min_files`` files or more
     and the call exists (it writes out all of that file system's dirty data and metadata: every file
-    and directory entry below ``root`` included); otherwise ``fsync`` of each file.
+    and directory entry below ``root`` included); otherwise ``fsync`` of each file, then of each
+    folder (their entries, among them those of folders staged and renamed inside ``root``).
 
     Raises
     ------
@@ -214,7 +215,10 @@ def sync_tree(root: pathlib.Path, *, min_files: int = SYNCFS_MIN_FILES) -> None:
     """
     if min_files < 1:
         raise ValueError(f"min_files must be >= 1, got {min_files!r}")
-    files = [os.path.join(dirpath, name) for dirpath, _dirs, names in os.walk(root) for name in names]
+    folders, files = [], []
+    for dirpath, _dirs, names in os.walk(root):
+        folders.append(dirpath)
+        files.extend(os.path.join(dirpath, name) for name in names)
     call = _syncfs_call() if len(files) >= min_files else None
     if call is not None:
         fd = os.open(root, os.O_RDONLY)
@@ -230,6 +234,8 @@ def sync_tree(root: pathlib.Path, *, min_files: int = SYNCFS_MIN_FILES) -> None:
     for path in files:
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
+    for folder in folders:  # their entries: folders renamed into place inside ``root`` included
+        _fsync_dir(pathlib.Path(folder))
 
 
 def staging_dir(final: pathlib.Path) -> pathlib.Path:
@@ -293,10 +299,10 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
     leaves only a ``.staging-*`` folder, which is never read.
 
     Durable means :func:`sync_tree` (one ``syncfs`` for a folder of many files, else an
-    ``fsync`` per file) before the rename, and an ``fsync`` of the parent folder after it.
+    ``fsync`` per file and folder) before the rename, and an ``fsync`` of the parent folder after it.
     A folder staged inside another staging folder (a volume inside a collection unit) skips
-    that step: the enclosing folder makes every file below it durable before its own
-    rename, which is the one that makes them visible. Once renamed into place, its files'
+    both: the enclosing folder makes everything below it durable (this folder's rename
+    included) before its own rename, which is the one that makes them visible. Once renamed into place, its files'
     digests are handed to the enclosing folder, whose manifest takes them instead of reading
     the files again (while their size, modification and status-change times are unchanged).
     """
@@ -310,20 +316,20 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[pathlib.Path]:
         taken: dict[tuple[int, int], tuple[int, int, int, str]] = {}
         manifest = folder_manifest(stage, known=_HASHED.get(stage), record=taken)
         (stage / MANIFEST).write_text(canonical_json(manifest))
-        if not inside_staging(final):
+        enclosing = _enclosing_staging(final)
+        if enclosing is None:
             sync_tree(stage)
         if final.exists():
             if verify_artifact(final, manifest_digest(manifest)):
                 shutil.rmtree(stage)
                 return
             shutil.rmtree(final)  # a damaged earlier copy: replace it
-            enclosing = _enclosing_staging(final)
             if enclosing is not None:  # digests of the removed files must not outlive them (inodes are reused)
                 _HASHED.get(enclosing, {}).clear()
         os.replace(stage, final)
-        _fsync_dir(final.parent)
-        enclosing = _enclosing_staging(final)
-        if enclosing is not None:
+        if enclosing is None:
+            _fsync_dir(final.parent)
+        else:  # the enclosing folder's sync_tree makes this rename durable with everything below it
             _HASHED.setdefault(enclosing, {}).update(taken)
     finally:
         _STAGING.discard(stage)

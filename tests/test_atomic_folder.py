@@ -102,12 +102,29 @@ def test_a_small_folder_or_no_syncfs_fsyncs_every_file(tmp_path, monkeypatch):
     monkeypatch.setattr(ws_mod, "_syncfs_call", lambda: fake)
     _tree(tmp_path / "small", ws_mod.SYNCFS_MIN_FILES - 1)
     ws_mod.sync_tree(tmp_path / "small")
-    assert fake.devices == [] and len(fsyncs) == ws_mod.SYNCFS_MIN_FILES - 1
+    assert fake.devices == [] and len(fsyncs) == ws_mod.SYNCFS_MIN_FILES - 1 + 3  # the files, then 3 folders
     monkeypatch.setattr(ws_mod, "_syncfs_call", lambda: None)  # not Linux, or a libc without syncfs
     fsyncs.clear()
     _tree(tmp_path / "big", 20)
     ws_mod.sync_tree(tmp_path / "big")
-    assert sorted(fsyncs) == sorted(str(p) for p in (tmp_path / "big").rglob("*") if p.is_file())
+    # every file, then every folder (their entries), the root included
+    big = tmp_path / "big"
+    assert sorted(fsyncs) == sorted([str(p) for p in big.rglob("*")] + [str(big)])
+    assert len(fsyncs) == 20 + 3
+
+
+def test_a_nested_folder_leaves_its_durability_to_the_enclosing_one(tmp_path, monkeypatch):
+    synced, dirs = [], []
+    monkeypatch.setattr(ws_mod, "sync_tree", lambda root, **kw: synced.append(root))
+    monkeypatch.setattr(ws_mod, "_fsync_dir", lambda path: dirs.append(path))
+    final = tmp_path / "unit"
+    with atomic_folder(final) as outer:
+        for k in range(3):
+            with atomic_folder(outer / "volumes" / f"v{k}") as inner:
+                (inner / "data").write_bytes(b"x")
+        assert synced == [] and dirs == []  # nothing synced for the nested folders: the unit does it
+    assert len(synced) == 1 and synced[0].name.startswith(".unit.staging-")  # the unit's staged tree, once
+    assert dirs == [tmp_path]  # then its rename, in its parent
 
 
 def test_a_failing_syncfs_fails_the_folder_and_publishes_nothing(tmp_path, monkeypatch):
