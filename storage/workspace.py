@@ -259,11 +259,6 @@ def _enclosing_staging(path: pathlib.Path) -> pathlib.Path | None:
     return next((p for p in pathlib.Path(path).parents if p in _STAGING), None)
 
 
-def inside_staging(path: pathlib.Path) -> bool:
-    """True when ``path`` lies inside a folder that :func:`atomic_folder` is staging in this process."""
-    return bool(_STAGING) and any(p in _STAGING for p in pathlib.Path(path).parents)
-
-
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, suffix: str = "") -> Iterator[pathlib.Path]:
     """Yield a temporary path to write a *file*; on success fsync and rename it to ``final``."""
