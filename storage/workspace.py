@@ -5,6 +5,7 @@ A workspace is a folder that holds everything one medflow project produces::
     WORKSPACE/
       artifacts/<stage>/<key[:2]>/<key>/...   content written once per cache key
       catalog.sqlite                            default catalog (SQLAlchemy URL configurable)
+      cache/file-digests.sqlite                 source files' digests by their stat (storage.digest_memo)
       results/                                  Prefect result records (cache records)
       quarantine/                               one JSON record per rejected input
       reports/                                  HTML reports

@@ -39,14 +39,19 @@ def unit_salt(params: CollectionConfig, key_id: str) -> str:
                                         "libraries": library_versions()}).encode())
 
 
-def source_fingerprint(source: str | pathlib.Path) -> ArtifactRef:
+def source_fingerprint(source: str | pathlib.Path, *, workspace: str | pathlib.Path | None = None) -> ArtifactRef:
     """Content digest of a source folder: the sorted content digests of its files, names ignored.
 
     Renaming, moving or re-nesting files leaves it unchanged; changing any byte changes it.
     The reference's ``uri`` is empty on purpose: the source's location never enters a key.
+
+    With ``workspace``, files whose digest the workspace remembers (:class:`storage.digest_memo.DigestMemo`:
+    same device, inode, size and times as when they were hashed) are not read; the others are read,
+    hashed and remembered. A cached rerun of a cohort then reads no file, and adding patients reads theirs.
     """
     from storage.dicom.scan import file_digests, forget_digests, iter_files
     from storage.dicom.units import peek_patient
+    from storage.digest_memo import DigestMemo
     from storage.workers import default_workers
 
     root = pathlib.Path(source)
@@ -57,7 +62,8 @@ def source_fingerprint(source: str | pathlib.Path) -> ArtifactRef:
     forget_digests()  # only this source's digests are kept (memory bounded by one source)
     # hashed by the collection's worker processes (threads measured slower on 2 cores: the GIL); the PatientID
     # peeked from the same read spares the partition a read
-    digests = sorted(file_digests(list(iter_files(root)), note=peek_patient, workers=default_workers()))
+    memo = DigestMemo(workspace) if workspace is not None else None
+    digests = sorted(file_digests(list(iter_files(root)), note=peek_patient, workers=default_workers(), memo=memo))
     digest = "sha256:" + sha256_bytes(canonical_json(digests).encode())
     return ArtifactRef(kind="dicom-source", uri="", digest=digest, meta={"n_files": len(digests)})
 

@@ -12,10 +12,14 @@ import os
 import pathlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, ObjectKind, Rejection
+from storage.digest_memo import RACY_SECONDS
+
+if TYPE_CHECKING:
+    from storage.digest_memo import DigestMemo
 
 __all__ = ["classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
            "remember_digest", "scan", "sha256_file", "take_digest"]
@@ -105,7 +109,7 @@ _DIGESTS: dict[tuple[str, int, int, int, int, int], tuple[str, Any]] = {}
 _DIGESTS_MAX = 1 << 18
 #: A file changed less than this long before it was hashed is never remembered ("racy git": file
 #: times have the kernel's coarse clock, so a same-size rewrite within one tick keeps them).
-_RACY_SECONDS = 2.0
+_RACY_SECONDS = RACY_SECONDS
 #: Bytes of a file's head handed to ``note`` (:func:`file_digest`).
 NOTE_BYTES = 64 << 10
 _WHOLE_FILE_BYTES = 64 << 20
@@ -166,7 +170,7 @@ _PARALLEL_FILES = 512
 
 
 def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | None = None,
-                 workers: int = 1) -> list[str]:
+                 workers: int = 1, memo: DigestMemo | None = None) -> list[str]:
     """:func:`file_digest` of every path, in order; the files not remembered yet hashed by ``workers`` processes.
 
     The workers come from the collection's worker server (:func:`storage.workers.worker_context`, its modules
@@ -174,16 +178,32 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
     ``note``'s answer) is remembered here as :func:`file_digest` remembers it. With ``workers`` <= 1, fewer
     than :data:`_PARALLEL_FILES` files, or workers that cannot start, the files are hashed in this process.
     A file that cannot be read raises as in :func:`file_digest`.
+
+    ``memo``: the workspace's :class:`~storage.digest_memo.DigestMemo`. A file it vouches for (same device,
+    inode, size and times as when it was hashed) is not read at all (nothing is ``note``d of it: the
+    partition reads its head itself); every file hashed here is recorded in it.
     """
     out: list[str | None] = [None] * len(paths)
     todo: list[int] = []
+    stats: list[os.stat_result] = []
     for i, p in enumerate(paths):
-        hit = _DIGESTS.get(_stat_key(p, os.stat(p)))
+        st = os.stat(p)
+        hit = _DIGESTS.get(_stat_key(p, st))
         if hit is not None:
             out[i] = hit[0]
         else:
             todo.append(i)
-    results: list[tuple[os.stat_result, str, Any]] | None = None
+            stats.append(st)
+    if memo is not None and todo:
+        left = []
+        for i, st, digest in zip(todo, stats, memo.lookup(stats), strict=True):
+            if digest is None:
+                left.append(i)
+            else:
+                remember_digest(paths[i], st, digest)
+                out[i] = digest
+        todo = left
+    new: list[tuple[os.stat_result, str]] = []  # (stat taken before the read, digest) of every file hashed here
     if workers > 1 and len(todo) >= _PARALLEL_FILES:
         import concurrent.futures
 
@@ -202,9 +222,15 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
             for i, (st, digest, noted) in zip(order, results, strict=True):
                 remember_digest(paths[i], st, digest, noted)
                 out[i] = digest
+                new.append((st, digest))
             todo = []
     for i in todo:
-        out[i] = file_digest(paths[i], note=note)
+        st, digest, noted = _read_digest(paths[i], note)
+        remember_digest(paths[i], st, digest, noted)
+        out[i] = digest
+        new.append((st, digest))
+    if memo is not None and new:
+        memo.record(new)
     return out  # type: ignore[return-value]
 
 
