@@ -180,7 +180,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     workspace = str(ws.root)
 
     start_worker_server()  # the collection workers' server imports while the source is fingerprinted
-    content = source_fingerprint(source, workspace=ws.root)
+    content = source_fingerprint(source, workspace=ws.root, keys=keys)
     with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
         coll = run(collect, workspace, source, content, config.collection, keys.key_id())
     logger.info("collection: %d volumes, %d masks, %d inputs quarantined", len(coll.volumes), len(coll.masks),
@@ -281,7 +281,7 @@ def ingest(config: PipelineConfig) -> dict[str, Any]:
     run = _Runner(ws)
     source = _local_source(run, ws, config, keys.key_id())
     start_worker_server()  # the collection workers' server imports while the source is fingerprinted
-    content = source_fingerprint(source, workspace=ws.root)
+    content = source_fingerprint(source, workspace=ws.root, keys=keys)
     with study_lease(ws.root, content.digest, holder=_lease_holder()):  # one ingest of a study at a time
         coll = run(collect, str(ws.root), source, content, config.collection, keys.key_id())
     _register(ws, config, coll, {})

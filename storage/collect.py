@@ -284,7 +284,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     n_workers = workers or default_workers()
     if n_workers > 1:  # the worker server starts importing while this process partitions the source
         worker_context()
-    units, unreadable = partition(list(iter_files(source)))
+    units, unreadable = partition(list(iter_files(source)), patient_token=keys.partition_token)
     if unreadable:
         units.append([(p, "") for p in unreadable])
     out = CollectionSummary()

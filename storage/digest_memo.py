@@ -16,7 +16,11 @@ with the file's identity and times, and reused only while they are all unchanged
 * ``host`` is a digest of the machine's id: a workspace on a shared folder, used from another
   machine, meets other devices and inodes there and only misses.
 
-Nothing but numbers and digests is stored: no path, no name, nothing of the file's contents.
+With each digest the row may keep the file's patient as a keyed token
+(:meth:`storage.pseudonym.PseudonymKeys.partition_token`, a 256-bit HMAC under the workspace's
+secret, with that secret's public ``key_id``), so that the collection can group remembered files
+into patients without reading them; a token made under another secret is not handed out.
+Nothing else is stored: no path, no name, no PatientID, nothing of the file's contents.
 The memory is a cache: a database that cannot be opened, read or written is ignored (every file
 is then hashed, as with no memory at all) and never fails a run.
 """
@@ -37,10 +41,11 @@ __all__ = ["DigestMemo", "RACY_SECONDS", "host_id"]
 #: is not remembered (it may still be being written).
 RACY_SECONDS = 2.0
 _FILE = "file-digests.sqlite"
+_TABLE = "digests_v1"
 _BATCH = 500  # keys per SELECT (SQLite's default limit on host parameters is 32,766)
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS digests (host TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
+_SCHEMA = (f"CREATE TABLE IF NOT EXISTS {_TABLE} (host TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
            "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, "
-           "PRIMARY KEY (host, dev, ino)) WITHOUT ROWID")
+           "patient TEXT, key_id TEXT, PRIMARY KEY (host, dev, ino)) WITHOUT ROWID")
 
 
 def host_id() -> str:
@@ -64,11 +69,17 @@ class DigestMemo:
     ----------
     workspace : path-like
         The workspace root (created folders are private, like the rest of the workspace).
+    key_id : str, optional
+        The public id of the secret that made the patient tokens recorded and handed out here
+        (:meth:`~storage.pseudonym.PseudonymKeys.key_id`); without it no token is recorded or handed out.
     """
 
-    def __init__(self, workspace: str | os.PathLike[str]) -> None:
+    def __init__(self, workspace: str | os.PathLike[str], *, key_id: str | None = None) -> None:
+        if key_id is not None and (not isinstance(key_id, str) or not key_id):
+            raise ValueError(f"key_id must be a non-empty str or None, got {key_id!r}")
         self.path = pathlib.Path(workspace) / "cache" / _FILE
         self.host = host_id()
+        self.key_id = key_id
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +93,10 @@ class DigestMemo:
             raise
         return con
 
-    def lookup(self, stats: list[os.stat_result]) -> list[str | None]:
-        """The remembered digest of each file described by ``stats`` (``None`` where unknown or changed)."""
-        out: list[str | None] = [None] * len(stats)
+    def lookup(self, stats: list[os.stat_result]) -> list[tuple[str, str | None] | None]:
+        """``(digest, patient token or None)`` remembered for each file described by ``stats`` (``None`` where
+        unknown or changed); a token is handed out only when it was made under this memo's ``key_id``."""
+        out: list[tuple[str, str | None] | None] = [None] * len(stats)
         if not stats or not self.path.is_file():
             return out
         wanted: dict[tuple[int, int], list[int]] = {}
@@ -99,28 +111,31 @@ class DigestMemo:
             for k in range(0, len(keys), _BATCH):
                 batch = keys[k:k + _BATCH]
                 marks = ",".join("(?,?)" for _ in batch)
-                rows = con.execute(f"SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM digests "
+                rows = con.execute(f"SELECT dev, ino, size, mtime_ns, ctime_ns, sha256, patient, key_id FROM {_TABLE} "
                                    f"WHERE host = ? AND (dev, ino) IN (VALUES {marks})",
                                    [self.host, *(v for key in batch for v in key)]).fetchall()
-                for dev, ino, size, mtime_ns, ctime_ns, digest in rows:
+                for dev, ino, size, mtime_ns, ctime_ns, digest, patient, key_id in rows:
+                    token = patient if self.key_id is not None and key_id == self.key_id else None
                     for i in wanted.get((dev, ino), ()):
                         st = stats[i]
                         if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (size, mtime_ns, ctime_ns):
-                            out[i] = digest
+                            out[i] = (digest, token)
         except sqlite3.Error:
             return [None] * len(stats)
         finally:
             con.close()
         return out
 
-    def record(self, items: Iterable[tuple[os.stat_result, str]]) -> int:
-        """Remember ``(stat taken before the file was read, its hex SHA-256)`` pairs; returns how many were kept.
+    def record(self, items: Iterable[tuple[os.stat_result, str, str | None]]) -> int:
+        """Remember ``(stat taken before the file was read, its hex SHA-256, patient token or None)``.
 
-        Racily young files are skipped; a row of the same file (device and inode) is replaced.
+        Returns how many were kept: racily young files are skipped; a row of the same file (device and
+        inode) is replaced. Tokens are kept only with a ``key_id``.
         """
         now = time.time_ns()
-        rows = [(self.host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)
-                for st, digest in items if not _racy(st, now)]
+        rows = [(self.host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest,
+                 token if self.key_id is not None else None, self.key_id if token is not None else None)
+                for st, digest, token in items if not _racy(st, now)]
         if not rows:
             return 0
         try:
@@ -130,7 +145,7 @@ class DigestMemo:
         try:
             with con:
                 con.execute("BEGIN IMMEDIATE")
-                con.executemany("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?)", rows)
+                con.executemany(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?,?,?,?,?,?,?,?,?)", rows)
         except sqlite3.Error:
             return 0
         finally:

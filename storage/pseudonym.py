@@ -160,6 +160,14 @@ class PseudonymKeys:
         """``"P" + base32(HMAC(secret, patient_id))[:10]`` (50 bits; e.g. ``"PK3QJ5WZ2AB"``)."""
         return "P" + self._b32(self._mac("patient", canonical_original("patient", patient_id)), 10)
 
+    def partition_token(self, patient_id: str) -> str:
+        """A 256-bit keyed token of ``patient_id`` (hex HMAC): equal tokens, same patient; never shown.
+
+        What the workspace's digest memory (:mod:`storage.digest_memo`) keeps of a file's PatientID, so
+        that the collection can group remembered files into patients without reading them again.
+        """
+        return self._mac("partition", patient_id).hex()  # the exact text: equal tokens exactly when equal IDs
+
     def study_key(self, study_uid: str) -> str:
         """``"S" + base32(HMAC(secret, study_uid))[:10]``."""
         return "S" + self._b32(self._mac("study", canonical_original("study", study_uid)), 10)

@@ -8,6 +8,7 @@ content-keyed folder per unit (patient) under ``artifacts/collection-unit/`` (se
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -15,6 +16,9 @@ from medflow.config import CollectionConfig
 from storage.workers import start_worker_server
 from storage.workspace import ArtifactRef, atomic_folder, canonical_json, sha256_bytes
 from tasks.common import Step, stage_task, write_json
+
+if TYPE_CHECKING:
+    from storage.pseudonym import PseudonymKeys
 
 
 class CollectionOutput(BaseModel):
@@ -39,7 +43,8 @@ def unit_salt(params: CollectionConfig, key_id: str) -> str:
                                         "libraries": library_versions()}).encode())
 
 
-def source_fingerprint(source: str | pathlib.Path, *, workspace: str | pathlib.Path | None = None) -> ArtifactRef:
+def source_fingerprint(source: str | pathlib.Path, *, workspace: str | pathlib.Path | None = None,
+                       keys: PseudonymKeys | None = None) -> ArtifactRef:
     """Content digest of a source folder: the sorted content digests of its files, names ignored.
 
     Renaming, moving or re-nesting files leaves it unchanged; changing any byte changes it.
@@ -48,6 +53,9 @@ def source_fingerprint(source: str | pathlib.Path, *, workspace: str | pathlib.P
     With ``workspace``, files whose digest the workspace remembers (:class:`storage.digest_memo.DigestMemo`:
     same device, inode, size and times as when they were hashed) are not read; the others are read,
     hashed and remembered. A cached rerun of a cohort then reads no file, and adding patients reads theirs.
+    With ``keys`` too, each file's patient is remembered as a keyed token
+    (:meth:`~storage.pseudonym.PseudonymKeys.partition_token`), so that the collection's partition into
+    patients needs no read of a remembered file either.
     """
     from storage.dicom.scan import file_digests, forget_digests, iter_files
     from storage.dicom.units import peek_patient
@@ -62,8 +70,10 @@ def source_fingerprint(source: str | pathlib.Path, *, workspace: str | pathlib.P
     forget_digests()  # only this source's digests are kept (memory bounded by one source)
     # hashed by the collection's worker processes (threads measured slower on 2 cores: the GIL); the PatientID
     # peeked from the same read spares the partition a read
-    memo = DigestMemo(workspace) if workspace is not None else None
-    digests = sorted(file_digests(list(iter_files(root)), note=peek_patient, workers=default_workers(), memo=memo))
+    memo = DigestMemo(workspace, key_id=keys.key_id() if keys is not None else None) if workspace is not None else None
+    token = None if keys is None else (lambda pid: keys.partition_token(pid) if isinstance(pid, str) else None)
+    digests = sorted(file_digests(list(iter_files(root)), note=peek_patient, workers=default_workers(), memo=memo,
+                                  token=token))
     digest = "sha256:" + sha256_bytes(canonical_json(digests).encode())
     return ArtifactRef(kind="dicom-source", uri="", digest=digest, meta={"n_files": len(digests)})
 

@@ -21,7 +21,7 @@ from storage.digest_memo import RACY_SECONDS
 if TYPE_CHECKING:
     from storage.digest_memo import DigestMemo
 
-__all__ = ["classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
+__all__ = ["PatientToken", "classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
            "remember_digest", "scan", "sha256_file", "take_digest"]
 
 # SOP Class UIDs (PS3.4 Annex B.5) of objects that are not images to stack.
@@ -169,8 +169,20 @@ def _read_digests(paths: list[str], note: Callable[[bytes], Any] | None) -> list
 _PARALLEL_FILES = 512
 
 
+class PatientToken(str):
+    """A file's patient as the workspace's digest memory keeps it (a keyed token, never the PatientID).
+
+    Handed to the partition in place of the peeked PatientID for a file that was not read
+    (:func:`file_digests` with a ``memo``); the partition groups by tokens then (see
+    :func:`storage.dicom.units.partition`).
+    """
+
+    __slots__ = ()
+
+
 def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | None = None,
-                 workers: int = 1, memo: DigestMemo | None = None) -> list[str]:
+                 workers: int = 1, memo: DigestMemo | None = None,
+                 token: Callable[[Any], str | None] | None = None) -> list[str]:
     """:func:`file_digest` of every path, in order; the files not remembered yet hashed by ``workers`` processes.
 
     The workers come from the collection's worker server (:func:`storage.workers.worker_context`, its modules
@@ -180,8 +192,9 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
     A file that cannot be read raises as in :func:`file_digest`.
 
     ``memo``: the workspace's :class:`~storage.digest_memo.DigestMemo`. A file it vouches for (same device,
-    inode, size and times as when it was hashed) is not read at all (nothing is ``note``d of it: the
-    partition reads its head itself); every file hashed here is recorded in it.
+    inode, size and times as when it was hashed) is not read at all: it is remembered here with the
+    :class:`PatientToken` the memo kept for it, or with nothing (the partition then reads its head). Every
+    file hashed here is recorded in it, with ``token(noted)`` (e.g. a keyed token of the peeked PatientID).
     """
     out: list[str | None] = [None] * len(paths)
     todo: list[int] = []
@@ -196,14 +209,15 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
             stats.append(st)
     if memo is not None and todo:
         left = []
-        for i, st, digest in zip(todo, stats, memo.lookup(stats), strict=True):
-            if digest is None:
+        for i, st, hit in zip(todo, stats, memo.lookup(stats), strict=True):
+            if hit is None:
                 left.append(i)
             else:
-                remember_digest(paths[i], st, digest)
+                digest, patient = hit
+                remember_digest(paths[i], st, digest, None if patient is None else PatientToken(patient))
                 out[i] = digest
         todo = left
-    new: list[tuple[os.stat_result, str]] = []  # (stat taken before the read, digest) of every file hashed here
+    new: list[tuple[os.stat_result, str, Any]] = []  # (stat taken before the read, digest, note) of each file hashed
     if workers > 1 and len(todo) >= _PARALLEL_FILES:
         import concurrent.futures
 
@@ -222,15 +236,15 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
             for i, (st, digest, noted) in zip(order, results, strict=True):
                 remember_digest(paths[i], st, digest, noted)
                 out[i] = digest
-                new.append((st, digest))
+                new.append((st, digest, noted))
             todo = []
     for i in todo:
         st, digest, noted = _read_digest(paths[i], note)
         remember_digest(paths[i], st, digest, noted)
         out[i] = digest
-        new.append((st, digest))
+        new.append((st, digest, noted))
     if memo is not None and new:
-        memo.record(new)
+        memo.record((st, digest, token(noted) if token is not None else None) for st, digest, noted in new)
     return out  # type: ignore[return-value]
 
 

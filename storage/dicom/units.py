@@ -22,9 +22,10 @@ import hashlib
 import io
 import pathlib
 import struct
+from collections.abc import Callable
 
 from storage.dicom.guard.common import _silenced
-from storage.dicom.scan import NOTE_BYTES, sha256_file, take_digest
+from storage.dicom.scan import NOTE_BYTES, PatientToken, sha256_file, take_digest
 
 __all__ = ["patient_of", "partition", "peek_patient"]
 
@@ -126,8 +127,15 @@ def _pydicom_patient(data: bytes) -> str | None:
         return None
 
 
-def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, str]]], list[pathlib.Path]]:
+def partition(paths: list[pathlib.Path], *, patient_token: Callable[[str], str] | None = None
+              ) -> tuple[list[list[tuple[pathlib.Path, str]]], list[pathlib.Path]]:
     """Group files into units by PatientID, hashing each file on the way.
+
+    ``patient_token``: the keyed token the workspace's digest memory keeps of a PatientID
+    (:meth:`storage.pseudonym.PseudonymKeys.partition_token`). With it, files are grouped by token
+    (equal exactly when the PatientIDs are equal), and a file the memory vouched for, handed over with
+    its :class:`~storage.dicom.scan.PatientToken`, is not read at all; without it a handed token is
+    ignored and the file's head read, as for any file whose PatientID was not peeked.
 
     Returns
     -------
@@ -144,6 +152,11 @@ def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, 
         try:
             st = p.stat()
             digest, pid = take_digest(p, st) or (None, None)  # hashed (and peeked) moments ago by the fingerprint
+            if isinstance(pid, PatientToken):
+                if patient_token is not None:
+                    groups.setdefault(pid, []).append((p, digest))  # type: ignore[arg-type]
+                    continue
+                pid = None
             if digest is not None and pid is None:
                 with open(p, "rb") as fh:
                     pid = patient_of(fh.read(_PEEK_BYTES), partial=True)
@@ -159,6 +172,8 @@ def partition(paths: list[pathlib.Path]) -> tuple[list[list[tuple[pathlib.Path, 
         except OSError:
             unreadable.append(p)
             continue
+        if pid is not None and patient_token is not None:
+            pid = patient_token(pid)
         groups.setdefault(_UNPARSED if pid is None else pid, []).append((p, digest))
     units = [sorted(files, key=lambda f: str(f[0])) for files in groups.values()]
     units.sort(key=lambda files: min(sha for _p, sha in files))
