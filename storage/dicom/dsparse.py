@@ -39,27 +39,24 @@ def _parse(buf: np.ndarray, out: np.ndarray, pow10: np.ndarray) -> int:  # pragm
         significant = 0
         digits = 0
         scale = 0
-        while i < n and 48 <= buf[i] <= 57:
-            d = buf[i] - 48
-            if m != 0 or d != 0:
-                if significant >= _MAX_SIGNIFICANT:
-                    return -1
-                m = m * 10 + d
-                significant += 1
-            digits += 1
-            i += 1
-        if i < n and buf[i] == 46:  # '.'
-            i += 1
-            while i < n and 48 <= buf[i] <= 57:
-                d = buf[i] - 48
-                if m != 0 or d != 0:
+        point = False
+        while i < n:  # digits, with at most one '.' among them
+            c = buf[i]
+            if 48 <= c <= 57:
+                d = c - 48
+                if m != 0 or d != 0:  # (leading zeros carry no significance)
                     if significant >= _MAX_SIGNIFICANT:
                         return -1
                     m = m * 10 + d
                     significant += 1
-                scale -= 1
+                if point:
+                    scale -= 1
                 digits += 1
-                i += 1
+            elif c == 46 and not point:  # '.'
+                point = True
+            else:
+                break
+            i += 1
         if digits == 0:
             return -1
         e = 0
