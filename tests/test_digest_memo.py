@@ -57,7 +57,7 @@ def test_lookup_returns_what_was_recorded_for_unchanged_files(tmp_path, settled)
 def test_patient_tokens_are_handed_out_only_under_the_secret_that_made_them(tmp_path, settled):
     files = _files(tmp_path / "src", n=3)
     stats = [os.stat(p) for p in files]
-    DigestMemo(tmp_path / "ws", key_id="key-a").record([(st, "d%d" % i, "t%d" % i if i else None)
+    DigestMemo(tmp_path / "ws", key_id="key-a").record([(st, f"d{i}", f"t{i}" if i else None)
                                                          for i, st in enumerate(stats)])
     assert DigestMemo(tmp_path / "ws", key_id="key-a").lookup(stats) == [("d0", None), ("d1", "t1"), ("d2", "t2")]
     assert DigestMemo(tmp_path / "ws", key_id="key-b").lookup(stats) == [("d0", None), ("d1", None), ("d2", None)]
