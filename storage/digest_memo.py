@@ -35,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
-__all__ = ["DigestMemo", "RACY_SECONDS", "host_id"]
+__all__ = ["DigestMemo", "RACY_SECONDS", "host_id", "is_racy"]
 
 #: A file whose modification or status-change time is this close to the moment it was hashed
 #: is not remembered (it may still be being written).
@@ -58,8 +58,9 @@ def host_id() -> str:
     return hashlib.sha256(b"medflow-host:" + os.uname().nodename.encode()).hexdigest()[:16]
 
 
-def _racy(st: os.stat_result, now_ns: int) -> bool:
-    return now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9
+def is_racy(st: os.stat_result, *, now_ns: int, seconds: float) -> bool:
+    """True when the file ``st`` describes changed less than ``seconds`` before ``now_ns`` (its digest is not kept)."""
+    return now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < seconds * 1e9
 
 
 class DigestMemo:
@@ -135,7 +136,7 @@ class DigestMemo:
         now = time.time_ns()
         rows = [(self.host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest,
                  token if self.key_id is not None else None, self.key_id if token is not None else None)
-                for st, digest, token in items if not _racy(st, now)]
+                for st, digest, token in items if not is_racy(st, now_ns=now, seconds=RACY_SECONDS)]
         if not rows:
             return 0
         try:

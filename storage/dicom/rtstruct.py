@@ -22,6 +22,7 @@ import numpy as np
 
 from imaging.raster import fill_polygon
 from storage.dicom.bugs import file_handle, raise_if_bug
+from storage.dicom.dsparse import parse_decimals
 from storage.dicom.model import ConvertedMask, ConvertedVolume, Rejection
 from storage.dicom.rawseq import RawItem, sequence_items
 
@@ -155,8 +156,6 @@ def _decimals(raw: bytes) -> np.ndarray | None:
     it cannot read to its end (it warns and stops there), or an empty part (``"1\\\\2"``, a trailing
     backslash: it skips them, ``float`` refuses them) gives None, like ``float`` raising on that part.
     """
-    from storage.dicom.dsparse import parse_decimals
-
     values = parse_decimals(raw)  # the common case, exactly: m * 10**q with m <= 2**53, |q| <= 22
     if values is not None:
         return values

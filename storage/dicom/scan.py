@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, ObjectKind, Rejection
-from storage.digest_memo import RACY_SECONDS
+from storage.digest_memo import RACY_SECONDS, is_racy
 
 if TYPE_CHECKING:
     from storage.digest_memo import DigestMemo
@@ -250,7 +250,7 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
 
 def remember_digest(path: str | os.PathLike[str], st: os.stat_result, digest: str, noted: Any = None) -> None:
     """Record ``digest`` (and ``noted``) for ``path`` as it was when ``st`` was taken (not for a racily young file)."""
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_SECONDS * 1e9:
+    if is_racy(st, now_ns=time.time_ns(), seconds=_RACY_SECONDS):
         return
     if len(_DIGESTS) >= _DIGESTS_MAX:
         _DIGESTS.clear()
