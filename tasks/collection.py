@@ -56,6 +56,9 @@ def source_fingerprint(source: str | pathlib.Path, *, workspace: str | pathlib.P
     With ``keys`` too, each file's patient is remembered as a keyed token
     (:meth:`~storage.pseudonym.PseudonymKeys.partition_token`), so that the collection's partition into
     patients needs no read of a remembered file either.
+
+    A file that cannot be read enters as :data:`storage.dicom.scan.UNREADABLE` (the run goes on; the
+    collection quarantines it as ``unreadable_file``): once it can be read, the fingerprint changes.
     """
     from storage.dicom.scan import file_digests, forget_digests, iter_files
     from storage.dicom.units import peek_patient

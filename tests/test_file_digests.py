@@ -50,13 +50,24 @@ def test_parallel_digests_and_notes_equal_the_serial_ones(many_files):
     scan.forget_digests()
 
 
-def test_a_file_that_cannot_be_read_raises_as_file_digest_does(many_files):
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_file_that_cannot_be_read_is_unreadable_and_the_others_are_hashed(many_files, workers):
+    """One file that cannot be read must not stop the source fingerprint (and with it the whole run): it is
+    UNREADABLE in the answer, the collection quarantines it, and the other files are hashed as before."""
     scan.forget_digests()
-    broken = many_files[:scan._PARALLEL_FILES + 1]
-    os.unlink(broken[300])
-    with pytest.raises(FileNotFoundError):
-        scan.file_digests(broken, workers=2)
-    directory = [p for p in broken if p.exists()] + [broken[0].parent]  # a folder where a file should be
-    with pytest.raises(IsADirectoryError):
-        scan.file_digests(directory, workers=2)
+    files = many_files[:scan._PARALLEL_FILES + 3]
+    want = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    os.unlink(files[300])  # removed after it was listed
+    files[301] = files[0].parent  # a folder where a file was listed
+    bad = {300, 301}
+    if os.path.exists("/proc/self/mem"):  # Linux: a file that opens and fails to read (EIO), even for root
+        os.symlink("/proc/self/mem", files[302].with_name("mem.bin"))
+        files[302] = files[302].with_name("mem.bin")
+        bad.add(302)
+    got = scan.file_digests(files, note=_note, workers=workers)
+    assert [i for i, d in enumerate(got) if d == scan.UNREADABLE] == sorted(bad)
+    assert [d for i, d in enumerate(got) if i not in bad] == [d for i, d in enumerate(want) if i not in bad]
+    for i in bad - {300}:  # nothing remembered for them: the partition reads them and quarantines them
+        assert scan.take_digest(files[i], os.stat(files[i])) is None
+    assert scan.take_digest(files[0], os.stat(files[0])) is not None
     scan.forget_digests()

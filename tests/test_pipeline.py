@@ -198,6 +198,38 @@ def test_single_series_exports_exactly_one_nifti_equal_to_dcm2niix(shared_data, 
     np.testing.assert_allclose(ours.affine, ref.affine, atol=0.0101)
 
 
+@pytest.mark.skipif(not pathlib.Path("/proc/self/mem").exists(), reason="needs Linux /proc/self/mem (a file that fails to read)")
+def test_one_unreadable_file_is_quarantined_and_the_rest_of_the_source_ingested(shared_data, tmp_path):
+    """A file that cannot be read (here one that opens and fails with EIO, for root too) used to stop the
+    source fingerprint and with it the whole ingest; it is quarantined as unreadable_file and the series
+    beside it is converted exactly as without it."""
+    from flows.pipeline import ingest
+    from storage.quarantine import QuarantineStore
+
+    series = shared_data / "siemens_xa30i_t1w_classic" / "In"
+    clean, broken = tmp_path / "clean", tmp_path / "broken"
+    shutil.copytree(series, clean)
+    shutil.copytree(series, broken)
+    (broken / "zz-unreadable.dcm").symlink_to("/proc/self/mem")
+    a = ingest(PipelineConfig(source=str(clean), workspace=str(tmp_path / "ws-clean")))
+    b = ingest(PipelineConfig(source=str(broken), workspace=str(tmp_path / "ws-broken")))
+    assert a["volumes"] == b["volumes"] == 1 and a["quarantined"] == 0 and b["quarantined"] == 1
+    records = QuarantineStore(tmp_path / "ws-broken").list()
+    assert [r["reason"] for r in records] == ["unreadable_file"]
+    assert "zz-unreadable" not in json.dumps(records)  # no file name (nor path) in the record
+
+    def volume_files(ws):  # every file of every converted volume, by its path below ``volumes/``
+        out = {}
+        for p in (ws / "artifacts").rglob("*"):
+            if p.is_file() and "volumes" in p.parts:
+                out[p.as_posix().split("/volumes/", 1)[1]] = p.read_bytes()
+        return out
+
+    clean_files = volume_files(tmp_path / "ws-clean")
+    assert any(k.endswith("zarr.json") for k in clean_files) and len(clean_files) > 2
+    assert volume_files(tmp_path / "ws-broken") == clean_files
+
+
 def test_clinical_table_joins_on_the_image_pseudonym(first, tmp_path):
     """Patient identifiers in the clinical table map to the same pseudonym as the images; PHI columns drop."""
     import pydicom

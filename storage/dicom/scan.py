@@ -21,7 +21,7 @@ from storage.digest_memo import RACY_SECONDS, is_racy
 if TYPE_CHECKING:
     from storage.digest_memo import DigestMemo
 
-__all__ = ["PatientToken", "classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
+__all__ = ["UNREADABLE", "PatientToken", "classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
            "remember_digest", "scan", "sha256_file", "take_digest"]
 
 # SOP Class UIDs (PS3.4 Annex B.5) of objects that are not images to stack.
@@ -160,9 +160,24 @@ def _read_digest(path: str | os.PathLike[str], note: Callable[[bytes], Any] | No
     return st, digest, note(head) if note is not None else None
 
 
-def _read_digests(paths: list[str], note: Callable[[bytes], Any] | None) -> list[tuple[os.stat_result, str, Any]]:
-    """:func:`_read_digest` of each path (one worker's share of :func:`file_digests`)."""
-    return [_read_digest(p, note) for p in paths]
+#: :func:`file_digests`' entry for a file that could not be stat'ed or read (never a SHA-256: not 64 hex digits)
+UNREADABLE = "unreadable"
+
+
+def _read_digests(paths: list[str], note: Callable[[bytes], Any] | None
+                  ) -> list[tuple[os.stat_result | None, str, Any]]:
+    """:func:`_read_digest` of each path (one worker's share of :func:`file_digests`).
+
+    A file that cannot be stat'ed or read gives ``(None, UNREADABLE, None)``: one such file must not
+    stop the others' digests (nor, through the source fingerprint, the whole run).
+    """
+    out: list[tuple[os.stat_result | None, str, Any]] = []
+    for p in paths:
+        try:
+            out.append(_read_digest(p, note))
+        except OSError:
+            out.append((None, UNREADABLE, None))
+    return out
 
 
 #: Below this many files to hash, :func:`file_digests` does not start worker processes.
@@ -189,7 +204,11 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
     loaded) and each reads and hashes an interleaved share of the files; what they report (stat, digest,
     ``note``'s answer) is remembered here as :func:`file_digest` remembers it. With ``workers`` <= 1, fewer
     than :data:`_PARALLEL_FILES` files, or workers that cannot start, the files are hashed in this process.
-    A file that cannot be read raises as in :func:`file_digest`.
+
+    A file that cannot be stat'ed or read (permissions, an I/O error, removed since it was listed) is
+    :data:`UNREADABLE` in the answer, never remembered or recorded, and the other files are hashed as usual:
+    the collection quarantines such a file (``unreadable_file``) and converts the rest. Its path is never
+    part of an exception (a source's file names can hold patient names).
 
     ``memo``: the workspace's :class:`~storage.digest_memo.DigestMemo`. A file it vouches for (same device,
     inode, size and times as when it was hashed) is not read at all: it is remembered here with the
@@ -200,7 +219,11 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
     todo: list[int] = []
     stats: list[os.stat_result] = []
     for i, p in enumerate(paths):
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError:  # removed since it was listed, or a link to nothing
+            out[i] = UNREADABLE
+            continue
         hit = _DIGESTS.get(_stat_key(p, st))
         if hit is not None:
             out[i] = hit[0]
@@ -234,15 +257,16 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
             order = [i for share in shares for i in share]
             results = [r for answer in answers for r in answer]
             for i, (st, digest, noted) in zip(order, results, strict=True):
-                remember_digest(paths[i], st, digest, noted)
                 out[i] = digest
-                new.append((st, digest, noted))
+                if st is not None:
+                    remember_digest(paths[i], st, digest, noted)
+                    new.append((st, digest, noted))
             todo = []
-    for i in todo:
-        st, digest, noted = _read_digest(paths[i], note)
-        remember_digest(paths[i], st, digest, noted)
+    for i, (st, digest, noted) in zip(todo, _read_digests([os.fspath(paths[i]) for i in todo], note), strict=True):
         out[i] = digest
-        new.append((st, digest, noted))
+        if st is not None:
+            remember_digest(paths[i], st, digest, noted)
+            new.append((st, digest, noted))
     if memo is not None and new:
         memo.record((st, digest, token(noted) if token is not None else None) for st, digest, noted in new)
     return out  # type: ignore[return-value]
