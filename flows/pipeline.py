@@ -201,7 +201,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
                         vol.meta.get("kind"))
             continue
         volumes.append(vol)
-    pre_out, proc_out, feat_out = [], [], []
+    pre_out, proc_out, feat_out, figures = [], [], [], []
     runner, compute = _volume_runner(config, len(volumes))
     params = [{"workspace": workspace, "volume": vol, "masks": masks_by_volume.get(vol.meta["volume_key"], []),
                "preprocessing": config.preprocessing, "processing": config.processing, "analysis": config.analysis,
@@ -219,6 +219,8 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
         pre_out.append(out.pre)
         proc_out.append(out.proc)
         feat_out.append(out.feats)
+        if out.figure.png is not None:
+            figures.append(out.figure.png)
 
     fusions = []
     if config.fusion.enabled:
@@ -235,8 +237,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     stored = discovery_cfg.casebase_path()
     disc = run(discover, workspace, [f.features for f in feat_out], clinical, discovery_cfg,
                casebase_fingerprint(stored) if stored else None, str(stored) if stored else None)
-    all_masks = [m for p in pre_out for m in p.masks] + [m for p in proc_out if p for m in p.auto_masks]
-    rep = run(report_task, workspace, coll.summary, [p.volume for p in pre_out], all_masks,
+    rep = run(report_task, workspace, coll.summary, [p.volume for p in pre_out], figures,
               [p.evaluation for p in proc_out if p], [f.features for f in feat_out], disc.results,
               [f.transform for f in fusions], [p.detections for p in proc_out if p and p.detections])
 

@@ -34,17 +34,19 @@ REPORT_FEATURES = ["morph.vol", "morph.area", "morph.sphericity", "morph.diam", 
 
 def overlay_png(volume: np.ndarray, masks: list[tuple[str, np.ndarray]], *, spacing: tuple[float, ...],
                 title: str) -> str:
-    """PNG (base64) of the axial slice through the largest mask, contours of every mask on top."""
-    import matplotlib
+    """PNG (base64) of the axial slice through the largest mask, contours of every mask on top.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a :class:`matplotlib.figure.Figure` of its own (no pyplot state): volume chains draw their
+    figures concurrently, in threads. The bytes are those pyplot's ``subplots``/``savefig`` gave.
+    """
+    from matplotlib.figure import Figure
 
     areas = [m.reshape(m.shape[0], -1).sum(axis=1) for _, m in masks if m.any()]
     z = int(np.argmax(np.sum(areas, axis=0))) if areas else volume.shape[0] // 2
     img = volume[z].astype(np.float32)
     lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 1)
-    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=90)
+    fig = Figure(figsize=(3.2, 3.2), dpi=90)
+    ax = fig.subplots()
     ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
               aspect=float(spacing[1] / spacing[2]) if len(spacing) == 3 else 1.0)
     colours = ["#ff3030", "#30c0ff", "#ffd700", "#40ff40", "#ff60ff"]
@@ -58,7 +60,6 @@ def overlay_png(volume: np.ndarray, masks: list[tuple[str, np.ndarray]], *, spac
     ax.axis("off")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 

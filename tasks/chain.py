@@ -31,6 +31,7 @@ from tasks.analysis import features as features_task
 from tasks.common import cached_step
 from tasks.preprocessing import PreprocessOutput, preprocess
 from tasks.processing import ProcessOutput, segment
+from tasks.report import FigureOutput, figure
 
 
 class ChainOutput(BaseModel):
@@ -39,6 +40,7 @@ class ChainOutput(BaseModel):
     pre: PreprocessOutput
     proc: ProcessOutput | None
     feats: AnalysisOutput
+    figure: FigureOutput
     steps: list[dict[str, Any]]
     started: float  # wall-clock seconds (epoch) when the chain started and finished: shows overlap, never cached
     finished: float
@@ -144,8 +146,12 @@ def run_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], pre
         rois = list(pre.masks) + (list(proc.auto_masks) if proc and analysis.include_auto_masks else [])
         feats = step(features_task, AnalysisOutput, volume=pre.volume, masks=rois, params=analysis,
                      responses=list(proc.responses) if proc else [])
+        key = pre.volume.meta.get("volume_key")  # the report's figure: every mask of this volume, reference ones first
+        drawn = [m for m in [*pre.masks, *(proc.auto_masks if proc else [])] if m.meta.get("volume_key") == key]
+        fig = step(figure, FigureOutput, volume=pre.volume, masks=drawn)
     except _Miss:
         return None
     if any(s["state"] != "Cached" for s in steps):
         release_memory()
-    return ChainOutput(pre=pre, proc=proc, feats=feats, steps=steps, started=started, finished=time.time())
+    return ChainOutput(pre=pre, proc=proc, feats=feats, figure=fig, steps=steps, started=started,
+                       finished=time.time())

@@ -51,7 +51,7 @@ def _states(summary):
 def test_full_pipeline_outputs(first):
     s, ws = first["summary"], first["ws"]
     assert s["volumes"] == 3 and s["masks"] == 3 and s["quarantined"] == 0
-    assert s["tasks"]["ran"] == s["tasks"]["tasks"] == 12  # collect + 3 x (preprocess, segment, features) + discover + report
+    assert s["tasks"]["ran"] == s["tasks"]["tasks"] == 15  # collect + 3 x (preprocess, segment, features, figure) + discover + report
     assert s["tasks"]["prefect_tasks"] == 6  # collect + one volume chain per volume + discover + report
     # default preprocessing applies nothing: it stores nothing and hands the collected volume on unchanged
     assert not list((ws / "artifacts" / "preprocessing").rglob("volume.zarr"))
@@ -78,6 +78,104 @@ def test_full_pipeline_outputs(first):
         assert feats[col].notna().all()
     # every artifact reference is relative to the workspace
     assert not pathlib.Path(s["features"]).is_absolute()
+
+
+def _pyplot_overlay(volume, masks, *, spacing, title):
+    """The report figure as pyplot drew it before the figures moved into the volume chains (the oracle)."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    areas = [m.reshape(m.shape[0], -1).sum(axis=1) for _, m in masks if m.any()]
+    z = int(np.argmax(np.sum(areas, axis=0))) if areas else volume.shape[0] // 2
+    img = volume[z].astype(np.float32)
+    lo, hi = np.percentile(img, [1, 99])
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=90)
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=float(spacing[1] / spacing[2]))
+    colours = ["#ff3030", "#30c0ff", "#ffd700", "#40ff40", "#ff60ff"]
+    for i, (name, m) in enumerate(masks):
+        if m[z].any():
+            ax.contour(m[z].astype(float), levels=[0.5], colors=[colours[i % len(colours)]], linewidths=1.2)
+            ax.plot([], [], color=colours[i % len(colours)], label=name)
+    if masks:
+        ax.legend(loc="lower right", fontsize=6, framealpha=0.6)
+    ax.set_title(f"{title} (slice {z})", fontsize=8)
+    ax.axis("off")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_report_figures_are_drawn_by_the_volume_chains_and_only_read_by_the_report(first, monkeypatch):
+    """Each volume's figure is a cached step of its chain (its masks drawn on it, as pyplot drew them in the
+    report before); the report embeds those bytes and draws nothing itself, so a run that reruns only the
+    cohort-level stages (here: another classifier) draws no figure again."""
+    import base64
+
+    import medflow.report
+    from medflow.config import DiscoveryConfig
+    from storage.volumes import read_numpy
+    from storage.workspace import ArtifactRef, Workspace
+
+    ws = Workspace(first["ws"])
+    outputs = [json.loads(p.read_text())["output"] for p in (first["ws"] / "artifacts").rglob("*.output.json")]
+    chains = [o for o in outputs if "pre" not in o and "png" in o]
+    assert len(chains) == 3
+    pre = {o["volume"]["meta"]["volume_key"]: o for o in outputs if "volume" in o and "masks" in o}
+    html = (first["ws"] / first["summary"]["report"]).read_text()
+    for o in chains:
+        png = ArtifactRef(**o["png"])
+        key = png.meta["volume_key"]
+        volume = ArtifactRef(**pre[key]["volume"])
+        arr, attrs = read_numpy(ws.resolve(volume))
+        refs = [ArtifactRef(**d) for d in pre[key]["masks"]]  # reference masks first, then the automatic ones
+        refs += [ArtifactRef(**d) for o in outputs if "auto_masks" in o for d in o["auto_masks"]
+                 if d["meta"].get("volume_key") == key]
+        masks = [(m.meta.get("roi_name", "roi"), read_numpy(ws.resolve(m))[0].astype(bool)) for m in refs]
+        assert len(masks) >= 2  # its reference mask and at least one automatic one
+        drawn = ws.resolve(png).read_bytes()
+        assert base64.b64encode(drawn).decode() == _pyplot_overlay(arr, masks, spacing=tuple(attrs["spacing"]),
+                                                                   title=volume.meta["modality"])
+        assert base64.b64encode(drawn).decode() in html
+
+    def no_drawing(*a, **k):
+        raise AssertionError("the report drew a figure")
+
+    monkeypatch.setattr(medflow.report, "overlay_png", no_drawing)
+    s, _ = _run(first["src"], first["ws"], discovery=DiscoveryConfig(classifier="decision_tree"))
+    states = _states(s)
+    assert states["figure"] == {"Cached"} and states["report"] == {"Completed"}
+    assert (first["ws"] / s["report"]).read_text().count("<div class='fig'><img src='data:image/png;base64,") == 3
+    monkeypatch.undo()
+    s2, _ = _run(first["src"], first["ws"])  # back to the defaults: all cached again
+    assert s2["tasks"]["ran"] == 0
+
+
+def test_concurrent_figures_equal_sequential_ones():
+    """Volume chains draw in threads: each figure on its own matplotlib Figure, equal to a sequential drawing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medflow.report import overlay_png
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for i in range(8):
+        vol = rng.normal(100 * i, 20, size=(6, 40, 48)).astype(np.float32)
+        mask = np.zeros(vol.shape, bool)
+        mask[2 + i % 3, 10:20 + i, 12:30] = True
+        cases.append((vol, [(f"roi{i}", mask)], (2.0, 1.0, 0.8 + i / 10)))
+    want = [overlay_png(v, m, spacing=sp, title=f"T{i}") for i, (v, m, sp) in enumerate(cases)]
+    assert want[0] == _pyplot_overlay(cases[0][0], cases[0][1], spacing=cases[0][2], title="T0")
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda a: overlay_png(a[1][0], a[1][1], spacing=a[1][2], title=f"T{a[0]}"),
+                                enumerate(cases)))
+            assert got == want
 
 
 def test_catalog_holds_pseudonymous_rows(first):
@@ -119,7 +217,7 @@ def test_changing_a_preprocessing_parameter_reruns_exactly_downstream(first):
     assert states["collect"] == {"Cached"}
     assert states["preprocess"] == {"Completed"}
     assert states["segment"] == {"Completed"}
-    assert states["features"] == {"Completed"}
+    assert states["features"] == {"Completed"} and states["figure"] == {"Completed"}
     assert states["discover"] == {"Completed"} and states["report"] == {"Completed"}
     # and back to the defaults: everything is a cache hit again
     s2, _ = _run(first["src"], first["ws"])
