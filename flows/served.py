@@ -27,8 +27,8 @@ from storage.lease import RunRegistry
 from storage.workspace import Workspace, write_text_atomic
 from tasks.cohort import case_base, cohort_summary
 from tasks.discovery import discover
-from tasks.report import FigureOutput, figure
 from tasks.report import report as report_task
+from tasks.report import volume_figures
 
 _LIVE: dict[str, RunRegistry] = {}
 _STUDY_KEY = re.compile(r"^[0-9a-f]{16}$")
@@ -113,28 +113,13 @@ def cohort_discovery(config: PipelineConfig) -> dict[str, Any]:
     summary = cohort_summary.with_options(**store)(workspace, base["qc"], base["rejections"])
     volumes = [v for v in base["volumes"] if v.meta.get("kind", "3d") == "3d"
                and any(f.meta.get("volume_key") == v.meta["volume_key"] for f in base["features"])]
-    rep = report_task.with_options(**store)(workspace, summary, volumes, _figures(workspace, volumes, base["masks"], store),
+    rep = report_task.with_options(**store)(workspace, summary, volumes, volume_figures(workspace, volumes, base["masks"]),
                                             [], base["features"], disc.results)
     latest = ws.reports / "cohort.html"
     write_text_atomic(latest, ws.resolve(rep.html).read_text())
     logger.info("cohort: %d cases, %d volumes with features", disc.n_cases, len(base["features"]))
     return {"workspace": workspace, "cases": disc.n_cases, "volumes": len(base["features"]),
             "discovery": disc.results.uri, "report": ws.relative(latest), "features": rep.features.uri}
-
-
-def _figures(workspace: str, volumes: list, masks: list, store: dict[str, Any]) -> list:
-    """Each volume's report figure: the one its volume chain drew when it is cached, else drawn by a ``figure`` task."""
-    from tasks.common import cached_step
-
-    out = []
-    for v in volumes:
-        drawn = [m for m in masks if m.meta.get("volume_key") == v.meta.get("volume_key")]
-        fig, _state = cached_step(figure, workspace, FigureOutput, compute_on_miss=False, volume=v, masks=drawn)
-        if fig is None:
-            fig = figure.with_options(**store)(workspace, v, drawn)
-        if fig.png is not None:
-            out.append(fig.png)
-    return out
 
 
 @flow(name="medflow-on-new-study",

@@ -5,7 +5,6 @@ Everything shown is keyed by pseudonymous keys; no PHI reaches the report.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from typing import Any
@@ -33,8 +32,8 @@ REPORT_FEATURES = ["morph.vol", "morph.area", "morph.sphericity", "morph.diam", 
 
 
 def overlay_png(volume: np.ndarray, masks: list[tuple[str, np.ndarray]], *, spacing: tuple[float, ...],
-                title: str) -> str:
-    """PNG (base64) of the axial slice through the largest mask, contours of every mask on top.
+                title: str) -> bytes:
+    """PNG bytes of the axial slice through the largest mask, contours of every mask on top.
 
     Drawn on a :class:`matplotlib.figure.Figure` of its own (no pyplot state): volume chains draw their
     figures concurrently, in threads. The bytes are those pyplot's ``subplots``/``savefig`` gave.
@@ -60,7 +59,7 @@ def overlay_png(volume: np.ndarray, masks: list[tuple[str, np.ndarray]], *, spac
     ax.axis("off")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
 def _table(df: pd.DataFrame, *, max_rows: int = 200, floatfmt: str = "{:.4g}") -> str:

@@ -13,11 +13,13 @@ import base64
 import json
 
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from storage.volumes import read_numpy
 from storage.workspace import ArtifactRef, atomic_folder
-from tasks.common import Step, stage_task, write_json
+from tasks.common import Step, cached_step, stage_task, write_json
 
 
 class ReportOutput(BaseModel):
@@ -53,12 +55,28 @@ def figure(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef]) -> Fig
         write_json(stage / "provenance.json", step.provenance())
         if arr.ndim == 3:
             drawn = [(m.meta.get("roi_name", "roi"), read_numpy(ws.resolve(m))[0].astype(bool)) for m in masks]
-            png = overlay_png(arr, drawn, spacing=tuple(attrs["spacing"]), title=str(volume.meta.get("modality")))
-            (stage / "figure.png").write_bytes(base64.b64decode(png))
+            (stage / "figure.png").write_bytes(overlay_png(arr, drawn, spacing=tuple(attrs["spacing"]),
+                                                           title=str(volume.meta.get("modality"))))
     if arr.ndim != 3:
         return FigureOutput(png=None)
     return FigureOutput(png=step.ref("figure", "figure.png", meta={"volume_key": volume.meta.get("volume_key"),
                                                                   "modality": volume.meta.get("modality")}))
+
+
+@task(name="volume-figures", cache_policy=NO_CACHE, persist_result=False)
+def volume_figures(workspace: str, volumes: list[ArtifactRef], masks: list[ArtifactRef]) -> list[ArtifactRef]:
+    """The figure of each volume with its masks (matched by volume key), for a report outside the volume chains.
+
+    Each figure is a content-keyed :func:`figure` step, as in a chain: one drawn before with the same
+    volume and masks costs a record read; only the others are drawn. Non-3-D volumes have none.
+    """
+    out = []
+    for v in volumes:
+        drawn = [m for m in masks if m.meta.get("volume_key") == v.meta.get("volume_key")]
+        fig, _state = cached_step(figure, workspace, FigureOutput, volume=v, masks=drawn)
+        if fig.png is not None:
+            out.append(fig.png)
+    return out
 
 
 @stage_task("report", "report")
