@@ -241,6 +241,7 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
                 out[i] = digest
         todo = left
     new: list[tuple[os.stat_result, str, Any]] = []  # (stat taken before the read, digest, note) of each file hashed
+    hashed: list[tuple[int, tuple[os.stat_result | None, str, Any]]] = []  # (index, what _read_digests answered)
     if workers > 1 and len(todo) >= _PARALLEL_FILES:
         import concurrent.futures
 
@@ -251,20 +252,16 @@ def file_digests(paths: list[pathlib.Path], *, note: Callable[[bytes], Any] | No
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
                 answers = list(pool.map(_read_digests, [[os.fspath(paths[i]) for i in share] for share in shares],
                                         [note] * len(shares)))
-        except Exception:  # noqa: BLE001 - workers that fail to start, or a file that fails: hashed here, where
-            answers = None  # a file's own failure raises as file_digest raises it
+        except Exception:  # noqa: BLE001 - workers that fail to start (or a failure in them): hashed here, where
+            answers = None  # an error of medflow's own surfaces in this process
         if answers is not None:
-            order = [i for share in shares for i in share]
-            results = [r for answer in answers for r in answer]
-            for i, (st, digest, noted) in zip(order, results, strict=True):
-                out[i] = digest
-                if st is not None:
-                    remember_digest(paths[i], st, digest, noted)
-                    new.append((st, digest, noted))
+            hashed = list(zip([i for share in shares for i in share], [r for answer in answers for r in answer],
+                              strict=True))
             todo = []
-    for i, (st, digest, noted) in zip(todo, _read_digests([os.fspath(paths[i]) for i in todo], note), strict=True):
+    hashed += zip(todo, _read_digests([os.fspath(paths[i]) for i in todo], note), strict=True)
+    for i, (st, digest, noted) in hashed:
         out[i] = digest
-        if st is not None:
+        if st is not None:  # (an unreadable file: neither remembered nor recorded)
             remember_digest(paths[i], st, digest, noted)
             new.append((st, digest, noted))
     if memo is not None and new:
