@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger
 
 from medflow.config import PipelineConfig
 from storage.lease import study_lease
-from storage.memory import configure_allocator, release_memory
+from storage.memory import configure_allocator, freeze_startup_heap, release_memory
 from storage.workers import start_worker_server
 from storage.workspace import Workspace, write_text_atomic
 from tasks.chain import cached_chain, local_plan, volume_chain
@@ -171,6 +171,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run all five stages on ``config.source`` into ``config.workspace``; returns a PHI-free summary."""
     from storage.pseudonym import PseudonymKeys
 
+    freeze_startup_heap()
     configure_allocator()
     logger = get_run_logger()
     ws = Workspace(config.workspace).ensure()
@@ -274,6 +275,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
 @flow(name="medflow-ingest", description="Collection only: DICOM folder to pseudonymised volumes and masks.")
 def ingest(config: PipelineConfig) -> dict[str, Any]:
     """Scan, guard, de-identify and convert ``config.source``; register it in the catalog."""
+    freeze_startup_heap()
     configure_allocator()
     from storage.pseudonym import PseudonymKeys
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -75,6 +77,23 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     out.print(f"features: {pathlib.Path(summary['workspace']) / summary['features']}")
 
 
+def _collector_paused(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that runs a flow: no cyclic garbage collection while it imports and starts Prefect.
+
+    The flow resumes the collector with the start-up heap frozen (:func:`storage.memory.freeze_startup_heap`);
+    a command that ends before its flow starts resumes it on its way out.
+    """
+
+    @functools.wraps(command)
+    def wrapped(*args: Any, **kwargs: Any) -> None:
+        from storage.memory import collector_paused
+
+        with collector_paused():
+            command(*args, **kwargs)
+
+    return wrapped
+
+
 def _start_worker_server() -> None:
     """The collection's worker server, started now: its imports overlap the configuration's and Prefect's start-up."""
     from storage.workers import start_worker_server
@@ -100,6 +119,7 @@ def _resolve_source(source: str | pathlib.Path, workspace: pathlib.Path) -> str:
 
 
 @app.command()
+@_collector_paused
 def run(source: Annotated[str, typer.Argument(help="Folder of DICOM files (any depth, any names), or a PACS "
                                                   "URI dimse://AET@host:port?... / dicomweb+http(s)://...?...")],
         workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")],
@@ -137,6 +157,7 @@ def demo(workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.
 
 
 @app.command()
+@_collector_paused
 def ingest(source: Annotated[str, typer.Argument(help="Folder of DICOM files, or a PACS URI.")],
            workspace: Annotated[pathlib.Path, typer.Option(help="Workspace folder.")],
            config: Annotated[pathlib.Path | None, typer.Option(help="YAML config.")] = None,
@@ -377,6 +398,7 @@ def discover(table: Annotated[pathlib.Path, typer.Argument(help="Case table (Par
 
 
 @casebase_app.command("build")
+@_collector_paused
 def casebase_build(cohort: Annotated[pathlib.Path, typer.Argument(help="Cohort folder with dicom/ and clinical.csv.")],
                    out_dir: Annotated[pathlib.Path, typer.Option("--out", help="Output folder.")],
                    config: Annotated[pathlib.Path, typer.Option(help="Cohort config YAML.")] = pathlib.Path(
