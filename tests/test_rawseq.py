@@ -151,6 +151,38 @@ def test_synthetic_items_equal_pydicom(tmp_path, implicit, undefined):
     assert contour_points(contour).tolist() == [[1.5, -2.0, 30.0], [4.0, 5.25, 30.0], [7.0, 8.0, 30.0]]
 
 
+@pytest.mark.parametrize("undefined", [True, False])
+def test_nested_sequences_are_parsed_once(tmp_path, monkeypatch, undefined):
+    """Items read through with their parent (undefined length) or on the first ``get`` are kept: no sequence's
+    bytes are parsed twice, however often and from however deep its items are asked for."""
+    import storage.dicom.rawseq as rawseq
+
+    ds = _structure_set(undefined=undefined)
+    path = tmp_path / "rs.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
+    fresh, ref = dataset_from_bytes(path.read_bytes()), pydicom.dcmread(path)
+    parsed: list[int] = []
+    real = rawseq._items
+
+    def counted(data, pos, end, **kw):
+        parsed.append(kw["base"] + pos)  # the absolute offset of the sequence value
+        return real(data, pos, end, **kw)
+
+    monkeypatch.setattr(rawseq, "_items", counted)
+    for kw in SEQUENCES:
+        got = sequence_items(fresh, kw)
+        for _ in range(2):  # asked for twice: the second time from the kept items
+            _same_items(got, ref.get(kw), kw)
+    assert parsed and len(parsed) == len(set(parsed)), sorted(parsed)
+    # the kept items are handed out as a list of the caller's own
+    rc = sequence_items(fresh, "ROIContourSequence")[0]
+    first = rc.get("ContourSequence")
+    first.clear()
+    assert len(rc.get("ContourSequence")) == 2
+
+
 def test_item_with_its_own_character_set(tmp_path):
     """An item carrying SpecificCharacterSet: its values are read by pydicom, with that character set."""
     ds = _structure_set(undefined=True, charset_in_item=True)

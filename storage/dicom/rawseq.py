@@ -9,7 +9,9 @@ patient's RTSTRUCT. :func:`sequence_items` returns the items as :class:`RawItem`
 elements unpacked once from the bytes as the same ``RawDataElement`` tuples pydicom's reader
 builds (tag, VR, length, value bytes). A nested sequence is kept encoded until it is asked for;
 one of undefined length is read through first, as pydicom's reader reads it with its item (so a
-damaged element anywhere pydicom would meet it hands the sequence to pydicom, which fails as before).
+damaged element anywhere pydicom would meet it hands the sequence to pydicom, which fails as before),
+and the items that reading made are kept with the item: asking for the sequence does not parse its
+bytes again (nor, three levels deep, the innermost items once per level above them).
 Values are what pydicom gives: one plain US, CS or UI value is decoded as pydicom decodes it
 (:func:`storage.dicom.attrs.plain_value`), anything else is read by pydicom from a data set
 built of the same raw elements (:meth:`RawItem.dataset`).
@@ -70,13 +72,16 @@ class RawItem:
         The item's VR encoding.
     """
 
-    __slots__ = ("_elements", "_encoding", "_implicit", "_dataset")
+    __slots__ = ("_elements", "_encoding", "_implicit", "_dataset", "_nested")
 
-    def __init__(self, elements: dict[BaseTag, RawDataElement], encoding: Any, implicit: bool) -> None:
+    def __init__(self, elements: dict[BaseTag, RawDataElement], encoding: Any, implicit: bool,
+                 nested: dict[int, list[RawItem]] | None = None) -> None:
         self._elements = elements
         self._encoding = encoding
         self._implicit = implicit
         self._dataset: Dataset | None = None
+        #: the items of nested sequences already parsed from these bytes (by the read-through or a ``get``)
+        self._nested: dict[int, list[RawItem]] = nested if nested is not None else {}
 
     def __contains__(self, keyword: str) -> bool:
         tag = keyword_tag(keyword)
@@ -103,9 +108,13 @@ class RawItem:
         if elem is None:
             return default
         if (elem.VR or dictionary_vr(int(tag))) == "SQ" and isinstance(elem.value, bytes):
-            items = _parse(elem, self._encoding)
+            items = self._nested.get(tag)
+            if items is None:
+                items = _parse(elem, self._encoding)
+                if items is not None:
+                    self._nested[tag] = items
             if items is not None:
-                return items
+                return list(items)  # (a list of the caller's own, as each parse gave)
         else:
             value = plain_value(elem, int(tag))
             if value is not NOT_PLAIN:
@@ -184,36 +193,39 @@ def _items(data: bytes, pos: int, end: int, *, undefined: bool, implicit: bool, 
         stop = None if length == _UNDEFINED else pos + length
         if stop is not None and stop > end:
             raise _Unusual
-        elements, pos = _elements(data, pos, stop, end, implicit=implicit, base=base, encoding=encoding,
-                                  depth=depth)
-        out.append(RawItem(elements, encoding, implicit))
+        elements, nested, pos = _elements(data, pos, stop, end, implicit=implicit, base=base, encoding=encoding,
+                                          depth=depth)
+        out.append(RawItem(elements, encoding, implicit, nested))
     if undefined:
         raise _Unusual  # an undefined-length value without its delimiter
     return out, pos
 
 
 def _elements(data: bytes, pos: int, stop: int | None, end: int, *, implicit: bool, base: int, encoding: Any,
-              depth: int) -> tuple[dict[BaseTag, RawDataElement], int]:
-    """The elements of one item from ``pos`` (to ``stop``, or to its Item Delimitation Item); the offset after it.
+              depth: int) -> tuple[dict[BaseTag, RawDataElement], dict[int, list[RawItem]], int]:
+    """The elements of one item from ``pos`` (to ``stop``, or to its Item Delimitation Item), the items of its
+    nested sequences read through, and the offset after it.
 
     A nested sequence of undefined length is read through here as well (pydicom's reader parses it with the
-    item, so an element it could not read fails the item), and kept encoded; one of defined length is kept
-    encoded unread, as pydicom keeps it until it is accessed.
+    item, so an element it could not read fails the item), and kept encoded, with the items read (what
+    :func:`_parse` of the kept element gives: the same bytes, the same offsets); one of defined length is
+    kept encoded unread, as pydicom keeps it until it is accessed.
     """
     limit = end if stop is None else stop
     if not implicit and pos + 6 <= limit and data[pos:pos + 2] != b"\xfe\xff" and not _is_vr(data[pos + 4:pos + 6]):
         raise _Unusual  # an implicit-VR item in an explicit data set: pydicom switches encoding for it
     elements: dict[BaseTag, RawDataElement] = {}
+    nested: dict[int, list[RawItem]] = {}
     while True:
         if stop is not None and pos == stop:
-            return elements, pos
+            return elements, nested, pos
         if pos + 8 > limit:
             raise _Unusual
         if data[pos:pos + 2] == b"\xfe\xff":  # an item-level tag: only the delimiter of an undefined-length item
             tag, length, pos = _item_header(data, pos, limit)
             if stop is not None or tag != _ITEM_DELIM or length != 0:
                 raise _Unusual
-            return elements, pos
+            return elements, nested, pos
         if implicit:
             group, el, length = _HHL.unpack_from(data, pos)
             vr = None
@@ -234,14 +246,17 @@ def _elements(data: bytes, pos: int, stop: int | None, end: int, *, implicit: bo
         if length == _UNDEFINED:
             if (vr or dictionary_vr(int(tag))) != "SQ":
                 raise _Unusual  # undefined-length UN or private data: pydicom's reader decides
-            _nested, pos = _items(data, value_pos, limit, undefined=True, implicit=implicit, base=base,
-                                  encoding=encoding, depth=depth + 1)
+            items, pos = _items(data, value_pos, limit, undefined=True, implicit=implicit, base=base,
+                                encoding=encoding, depth=depth + 1)
             # kept encoded, delimiter included, as the top-level reader keeps a sequence
             elements[tag] = RawDataElement(tag, "SQ" if vr is None else vr, _UNDEFINED, data[value_pos:pos],
                                            base + value_pos, implicit, True)
+            nested[tag] = items
             continue
         pos = value_pos + length
         if pos > limit:
             raise _Unusual
         value = data[value_pos:pos] if length else _empty(vr)
         elements[tag] = RawDataElement(tag, vr, length, value, base + value_pos, implicit, True)
+        if nested:
+            nested.pop(tag, None)  # a repeated tag: the last element is the item's, not the items read before
