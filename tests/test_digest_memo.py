@@ -185,3 +185,20 @@ def test_a_cached_source_is_partitioned_into_patients_without_a_read(shared_data
     scan.forget_digests()
     source_fingerprint(src, workspace=tmp_path / "ws", keys=keys)
     assert partition(paths) == cold
+
+
+def test_the_fingerprint_makes_one_partition_token_per_patient(monkeypatch):
+    """The tokens the fingerprint records are ``partition_token`` of each PatientID, one HMAC per patient."""
+    from storage.pseudonym import PseudonymKeys
+    from tasks.collection import _token_per_patient
+
+    keys = PseudonymKeys(b"t" * 32)
+    calls: list[str] = []
+    real = PseudonymKeys.partition_token
+    monkeypatch.setattr(PseudonymKeys, "partition_token", lambda self, pid: calls.append(pid) or real(self, pid))
+    token = _token_per_patient(keys)
+    ids = ["STS_001", "STS_002", "STS_001", None, "STS_001 ", "STS_002", b"STS_001"]
+    got = [token(pid) for pid in ids]
+    assert got == [real(keys, pid) if isinstance(pid, str) else None for pid in ids]
+    assert got[0] != got[4]  # the exact text: a trailing space is another token
+    assert calls == ["STS_001", "STS_002", "STS_001 "]
