@@ -2,7 +2,9 @@
 
 Input is the JSON-able dict of :func:`knowledge.discover` (plus ``mode``/``lang`` and, in
 ``"placed"`` mode, the workspace's patients placed against a stored case base). Plots are
-matplotlib PNGs embedded as ``data:`` URIs, so the HTML opens from disk with nothing else.
+matplotlib PNGs embedded as ``data:`` URIs, so the HTML opens from disk with nothing else; a
+patient's plots are the cohort's drawing, kept once in the page, under the patient's marker
+(:mod:`medflow.report_patient_plots`).
 Sentences (summaries, rules, verdicts, caveats) come from :mod:`knowledge.language`
 through the result's ``text`` fields; only headings and column names are defined here.
 """
@@ -17,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from medflow.report_patient_plots import PatientPlots
 
 #: headings and column names of the report (sentences come from knowledge.language via the results)
 UI: dict[str, dict[str, str]] = {
@@ -168,22 +172,17 @@ def calibration_png(pred: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def km_png(surv: dict[str, Any], *, highlight: str | None = None, marker: tuple[float, str] | None = None,
-           size: tuple[float, float] = (4.6, 3.6)) -> str:
+def km_png(surv: dict[str, Any], *, size: tuple[float, float] = (4.6, 3.6)) -> str:
+    """The cohort's Kaplan-Meier curves per out-of-fold risk group (a patient's: :mod:`medflow.report_patient_plots`)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=size)
     colours = {"high": "#c0392b", "low": "#2e86c1"}
     for group, curve in (surv.get("km") or {}).items():
         c = colours.get(group, "#555")
-        lw = 2.6 if highlight == group else 1.4
-        alpha = 1.0 if highlight in (None, group) else 0.45
-        ax.step(curve.get("t", []), curve.get("s", []), where="post", color=c, lw=lw, alpha=alpha,
+        ax.step(curve.get("t", []), curve.get("s", []), where="post", color=c, lw=1.4,
                 label=f"{group} risk (n={curve.get('n')}, events={curve.get('events')})")
         if curve.get("lo") and curve.get("hi"):
-            ax.fill_between(curve["t"], curve["lo"], curve["hi"], step="post", color=c, alpha=0.12 * alpha)
-    if marker is not None:
-        ax.axvline(marker[0], color="#333", ls=":", lw=1)
-        ax.text(marker[0], 0.04, f" {marker[1]}", fontsize=7, color="#333")
+            ax.fill_between(curve["t"], curve["lo"], curve["hi"], step="post", color=c, alpha=0.12)
     lr = surv.get("logrank") or {}
     ax.set_title(f"Kaplan-Meier by out-of-fold risk group (log-rank p = {_fmt(lr.get('p'), 3)})", fontsize=8.5)
     ax.set_xlabel("time (days)")
@@ -244,24 +243,6 @@ def tree_png(tree: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def risk_png(risk: float, ci: Any, cohort_risks: list[float]) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 1.2))
-    if cohort_risks:
-        ax.scatter(cohort_risks, np.zeros(len(cohort_risks)) + np.linspace(-0.15, 0.15, len(cohort_risks)),
-                   s=10, color="#999", label="cohort (out-of-fold)")
-    if ci and len(ci) == 2 and None not in ci:
-        ax.plot(ci, [0, 0], color="#c0392b", lw=4, alpha=0.4, solid_capstyle="butt")
-    ax.scatter([risk], [0], s=60, color="#c0392b", zorder=3, label="this patient")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.5, 0.5)
-    ax.set_yticks([])
-    ax.set_xlabel("predicted probability", fontsize=8)
-    ax.legend(loc="upper right", fontsize=6, ncol=2, framealpha=0.7)
-    return _png(fig)
-
-
-# -- tables ----------------------------------------------------------------------------------------------
 def _table(rows: list[dict[str, Any]] | pd.DataFrame, *, cls: str = "") -> str:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     if df.empty:
@@ -387,16 +368,29 @@ def _cohort_risks(results: dict[str, Any]) -> list[float]:
     return [float(p["risk"]) for p in (pats or {}).values() if isinstance(p.get("risk"), int | float)]
 
 
-def patient_section(key: str, p: dict[str, Any], results: dict[str, Any], *, lang: str) -> str:
-    """One patient's page: risk with interval, rules fired, similar cases, survival position, QC flags."""
+def _patient_plots(results: dict[str, Any]) -> PatientPlots:
+    """The cohort drawings behind the patients' plots (drawn when a patient page first needs them)."""
+    times = [float(p["time"]) for p in (results.get("patients") or {}).values() if isinstance(p.get("time"), int | float)]
+    return PatientPlots(_cohort_risks(results), results.get("survival") or {}, times)
+
+
+def patient_section(key: str, p: dict[str, Any], results: dict[str, Any], *, lang: str,
+                    plots: PatientPlots | None = None) -> str:
+    """One patient's page: risk with interval, rules fired, similar cases, survival position, QC flags.
+
+    ``plots``: the cohort drawings shared by every patient's page (:func:`knowledge_sections` passes one for all
+    pages and puts its :meth:`~medflow.report_patient_plots.PatientPlots.definitions` in the page once); without
+    it the page carries its own.
+    """
+    own = plots is None
+    plots = _patient_plots(results) if plots is None else plots
     parts = [f"<section class='page patient' id='patient-{_esc(key)}'><h2>{_esc(t('patient', lang))} "
              f"<code>{_esc(key)}</code></h2>"]
     risk = p.get("risk")
     parts.append(f"<h3>{_esc(t('risk', lang))}</h3>")
     if isinstance(risk, int | float):
         parts.append(f"<p class='risk'><b>{risk:.2f}</b> {_esc(_ci(p.get('risk_ci')))}</p>")
-        parts.append("<div class='figs'>" + _img(risk_png(float(risk), p.get("risk_ci"), _cohort_risks(results)),
-                                                 "risk", "risk") + "</div>")
+        parts.append("<div class='figs'>" + plots.risk(float(risk), p.get("risk_ci")) + "</div>")
     else:
         parts.append(f"<p>{_esc(_fmt(risk))}</p>")
     parts.append(f"<h3>{_esc(t('rules_fired', lang))}</h3>")
@@ -415,15 +409,14 @@ def patient_section(key: str, p: dict[str, Any], results: dict[str, Any], *, lan
     surv = results.get("survival") or {}
     parts.append(f"<p>{_esc(t('group', lang))}: <b>{_esc(group if group is not None else t('none', lang))}</b></p>")
     if surv.get("km"):
-        marker = None
-        if isinstance(p.get("time"), int | float):
-            marker = (float(p["time"]), "this patient")
-        parts.append("<div class='figs'>" + _img(km_png(surv, highlight=group, marker=marker, size=(4.2, 3.0)),
-                                                 "survival position", "km-patient") + "</div>")
+        time = float(p["time"]) if isinstance(p.get("time"), int | float) else None
+        parts.append("<div class='figs'>" + plots.survival_position(group, time) + "</div>")
     parts.append(f"<h3>{_esc(t('qc', lang))}</h3>")
     parts.append(_ul([str(q) for q in p.get("qc_flags") or []]) or f"<p>{_esc(t('none', lang))}</p>")
     miss = p.get("missing_modalities") or []
     parts.append(f"<p>{_esc(t('missing', lang))}: {_esc(', '.join(miss) if miss else t('none', lang))}</p>")
+    if own:
+        parts.append(plots.definitions())
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -468,15 +461,16 @@ def knowledge_sections(results: dict[str, Any], *, lang: str = "en") -> str:
     nav += [f"<a href='#patient-{_esc(k)}'>{_esc(k)}</a>" for k in pats]
     nav.append("<a href='#'>all</a></nav>")
     parts = [" ".join(nav), cohort_section(results, lang=lang)]
-    parts += [patient_section(k, p, results, lang=lang) for k, p in pats.items()]
-    return "\n".join(parts) + _SCRIPT
+    plots = _patient_plots(results)  # one drawing of each kind for all the patient pages
+    parts += [patient_section(k, p, results, lang=lang, plots=plots) for k, p in pats.items()]
+    return plots.definitions() + "\n".join(parts) + _SCRIPT
 
 
 CSS = """
 nav.pages{background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;font-size:.85em}
 nav.pages a{margin-right:.8em} section.page{margin-top:1em}
 body.single > :not(nav.pages):not(section.page):not(h1):not(script){display:none}
-img.plot{margin:4px 8px 4px 0;border:1px solid #eee} .figs{display:flex;flex-wrap:wrap;align-items:flex-start}
+img.plot,svg.plot{margin:4px 8px 4px 0;border:1px solid #eee} .figs{display:flex;flex-wrap:wrap;align-items:flex-start}
 pre.rules{background:#f7f7f7;padding:.6em;white-space:pre-wrap;font-size:.85em}
 .verdict{font-weight:600} .caveat{color:#7a4b00;font-style:italic} .note{background:#eef5fb;padding:.5em}
 .summary{margin:.3em 0} .risk{font-size:1.3em} code{background:#f3f3f3;padding:0 .3em}

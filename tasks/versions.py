@@ -18,7 +18,7 @@ STAGE_VERSIONS: dict[str, str] = {
     "processing": "4",
     "analysis": "2",
     "discovery": "4",
-    "report": "5",
+    "report": "6",
 }
 
 #: Libraries whose results feed artifacts; their versions are part of every cache key.

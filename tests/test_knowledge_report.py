@@ -92,11 +92,17 @@ def test_report_renders_in_chromium_with_plots_and_no_console_output(demo, chrom
     page = with_image_check(demo["report"], tmp_path / "report.html")
     dom, console = render(chromium, page, tmp_path / "c")
     assert console == [], console
-    for plot in ("roc", "calibration", "km", "tree", "risk", "km-patient"):
+    for plot in ("roc", "calibration", "km", "tree"):
         assert re.search(rf'data-plot="{plot}"[^>]*src="data:image/png;base64,[A-Za-z0-9+/]{{200}}', dom), plot
     ok = int(re.search(r'data-images-ok="(\d+)"', dom).group(1))
     bad = int(re.search(r'data-images-bad="(\d+)"', dom).group(1))
-    assert bad == 0 and ok >= 6 + 4 + 2 * 2
+    assert bad == 0 and ok >= 6 + 4
+    # each patient's plots: the cohort's drawing (kept once in the page) under the patient's marker
+    for plot, drawing in (("risk", "mf-risk"), ("km-patient", "mf-km-")):
+        uses = re.findall(rf'<svg class="plot" data-plot="{plot}"[^>]*>.*?<use href="#({drawing}[a-z-]*)"', dom)
+        assert len(uses) == 2, plot
+        for id_ in set(uses):
+            assert len(re.findall(rf'<image id="{id_}"[^>]*href="data:image/png;base64,[A-Za-z0-9+/]{{200}}', dom)) == 1
     key = next(iter(demo["discovery"]["patients"]))
     shot = tmp_path / "patient.png"
     _dom, console = render(chromium, demo["report"], tmp_path / "s", fragment=f"#patient-{key}", screenshot=shot)
