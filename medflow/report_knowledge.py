@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medflow.report_patient_plots import PatientPlots
+from medflow.report_patient_plots import PatientPlots, draw_km
 
 #: headings and column names of the report (sentences come from knowledge.language via the results)
 UI: dict[str, dict[str, str]] = {
@@ -176,19 +176,7 @@ def km_png(surv: dict[str, Any], *, size: tuple[float, float] = (4.6, 3.6)) -> s
     """The cohort's Kaplan-Meier curves per out-of-fold risk group (a patient's: :mod:`medflow.report_patient_plots`)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=size)
-    colours = {"high": "#c0392b", "low": "#2e86c1"}
-    for group, curve in (surv.get("km") or {}).items():
-        c = colours.get(group, "#555")
-        ax.step(curve.get("t", []), curve.get("s", []), where="post", color=c, lw=1.4,
-                label=f"{group} risk (n={curve.get('n')}, events={curve.get('events')})")
-        if curve.get("lo") and curve.get("hi"):
-            ax.fill_between(curve["t"], curve["lo"], curve["hi"], step="post", color=c, alpha=0.12)
-    lr = surv.get("logrank") or {}
-    ax.set_title(f"Kaplan-Meier by out-of-fold risk group (log-rank p = {_fmt(lr.get('p'), 3)})", fontsize=8.5)
-    ax.set_xlabel("time (days)")
-    ax.set_ylabel("survival probability")
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower left", fontsize=6.5)
+    draw_km(ax, surv)
     return _png(fig)
 
 

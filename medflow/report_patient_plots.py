@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Base", "PatientPlots", "RISK_COLOUR"]
+__all__ = ["Base", "PatientPlots", "RISK_COLOUR", "draw_km"]
 
 #: The patient's colour (marker, interval) in the risk strip.
 RISK_COLOUR = "#c0392b"
@@ -33,6 +33,28 @@ _DPI = 90  # the figure is made at the dpi it is saved at: its transforms are th
 
 def _esc(v: Any) -> str:
     return html.escape(str(v))
+
+
+def draw_km(ax: Any, survival: dict[str, Any], *, highlight: str | None = None) -> None:
+    """The Kaplan-Meier curves of each out-of-fold risk group (step, pointwise band), titled with the log-rank p.
+
+    ``highlight``: the group drawn bold, the others faded (a patient's group); None draws all alike.
+    """
+    for group, curve in (survival.get("km") or {}).items():
+        c = _KM_COLOURS.get(group, "#555")
+        lw = 2.6 if highlight == group else 1.4
+        alpha = 1.0 if highlight in (None, group) else 0.45
+        ax.step(curve.get("t", []), curve.get("s", []), where="post", color=c, lw=lw, alpha=alpha,
+                label=f"{group} risk (n={curve.get('n')}, events={curve.get('events')})")
+        if curve.get("lo") and curve.get("hi"):
+            ax.fill_between(curve["t"], curve["lo"], curve["hi"], step="post", color=c, alpha=0.12 * alpha)
+    p = (survival.get("logrank") or {}).get("p")
+    ax.set_title("Kaplan-Meier by out-of-fold risk group (log-rank p = "
+                 f"{'–' if p is None or p != p else f'{float(p):.3f}'})", fontsize=8.5)
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower left", fontsize=6.5)
 
 
 @dataclass(frozen=True)
@@ -136,27 +158,13 @@ class PatientPlots:
         base = self._bases.get(name)
         if base is None:
             fig, ax = self._plt().subplots(figsize=(4.2, 3.0), dpi=_DPI)
-            ends = list(self.times)
-            for group, curve in (self.survival.get("km") or {}).items():
-                c = _KM_COLOURS.get(group, "#555")
-                lw = 2.6 if highlight == group else 1.4
-                alpha = 1.0 if highlight in (None, group) else 0.45
-                ax.step(curve.get("t", []), curve.get("s", []), where="post", color=c, lw=lw, alpha=alpha,
-                        label=f"{group} risk (n={curve.get('n')}, events={curve.get('events')})")
-                if curve.get("lo") and curve.get("hi"):
-                    ax.fill_between(curve["t"], curve["lo"], curve["hi"], step="post", color=c, alpha=0.12 * alpha)
-                ends += [float(v) for v in curve.get("t", [])]
+            draw_km(ax, self.survival, highlight=highlight)
+            ends = self.times + [float(v) for curve in (self.survival.get("km") or {}).values()
+                                 for v in curve.get("t", [])]
             if ends:  # every patient's marker inside the axes (as a marker line drawn by matplotlib would widen them)
                 lo, hi = min(0.0, min(ends)), max(ends)
                 pad = 0.05 * (hi - lo) if hi > lo else 1.0
                 ax.set_xlim(lo - pad, hi + pad)
-            p = (self.survival.get("logrank") or {}).get("p")
-            ax.set_title("Kaplan-Meier by out-of-fold risk group (log-rank p = "
-                         f"{'–' if p is None else f'{float(p):.3f}'})", fontsize=8.5)
-            ax.set_xlabel("time (days)")
-            ax.set_ylabel("survival probability")
-            ax.set_ylim(0, 1.05)
-            ax.legend(loc="lower left", fontsize=6.5)
             fig.tight_layout(pad=0.3)
             base = self._bases[name] = _saved(fig, ax, f"mf-{name}")
         return base
