@@ -172,10 +172,10 @@ def calibration_png(pred: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def km_png(surv: dict[str, Any], *, size: tuple[float, float] = (4.6, 3.6)) -> str:
+def km_png(surv: dict[str, Any]) -> str:
     """The cohort's Kaplan-Meier curves per out-of-fold risk group (a patient's: :mod:`medflow.report_patient_plots`)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=size)
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
     draw_km(ax, surv)
     return _png(fig)
 
@@ -371,7 +371,8 @@ def patient_section(key: str, p: dict[str, Any], results: dict[str, Any], *, lan
     it the page carries its own.
     """
     own = plots is None
-    plots = _patient_plots(results) if plots is None else plots
+    if own:
+        plots = _patient_plots(results)
     parts = [f"<section class='page patient' id='patient-{_esc(key)}'><h2>{_esc(t('patient', lang))} "
              f"<code>{_esc(key)}</code></h2>"]
     risk = p.get("risk")

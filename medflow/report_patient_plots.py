@@ -100,12 +100,16 @@ def _saved(fig: Any, ax: Any, id_: str) -> Base:
     to_px = ax.transData  # display pixels, origin at the bottom left (the layout is final once saved)
     (x0, y0), (x1, y1) = to_px.transform([(0.0, 0.0), (1.0, 1.0)])
     box = ax.get_window_extent()
-    base = Base(id=id_, png=buf.getvalue(), width=width, height=height, x_px=(x0, x1 - x0),
+    return Base(id=id_, png=buf.getvalue(), width=width, height=height, x_px=(x0, x1 - x0),
                 y_px=(height - y0, -(y1 - y0)), axes_px=(box.x0, height - box.y1, box.x1, height - box.y0))
-    import matplotlib.pyplot as plt
 
-    plt.close(fig)
-    return base
+
+def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure and its axes of their own (no pyplot state to close), at the dpi they are saved at."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=_DPI)
+    return fig, fig.subplots()
 
 
 class PatientPlots:
@@ -127,18 +131,10 @@ class PatientPlots:
         self.times = [float(t) for t in times if np.isfinite(t)]
         self._bases: dict[str, Base] = {}
 
-    def _plt(self) -> Any:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        return plt
-
     def _risk_base(self) -> Base:
         base = self._bases.get("risk")
         if base is None:
-            fig, ax = self._plt().subplots(figsize=(4.6, 1.2), dpi=_DPI)
+            fig, ax = _figure((4.6, 1.2))
             risks = self.cohort_risks
             if risks:
                 ax.scatter(risks, np.zeros(len(risks)) + np.linspace(-0.15, 0.15, len(risks)), s=10, color="#999",
@@ -157,7 +153,7 @@ class PatientPlots:
         name = f"km-{highlight or 'all'}"
         base = self._bases.get(name)
         if base is None:
-            fig, ax = self._plt().subplots(figsize=(4.2, 3.0), dpi=_DPI)
+            fig, ax = _figure((4.2, 3.0))
             draw_km(ax, self.survival, highlight=highlight)
             ends = self.times + [float(v) for curve in (self.survival.get("km") or {}).values()
                                  for v in curve.get("t", [])]
