@@ -31,7 +31,7 @@ from tasks.analysis import features as features_task
 from tasks.common import cached_step
 from tasks.preprocessing import PreprocessOutput, preprocess
 from tasks.processing import ProcessOutput, segment
-from tasks.report import FigureOutput, figure
+from tasks.report import FigureOutput, figure, masks_of
 
 
 class ChainOutput(BaseModel):
@@ -146,9 +146,9 @@ def run_chain(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef], pre
         rois = list(pre.masks) + (list(proc.auto_masks) if proc and analysis.include_auto_masks else [])
         feats = step(features_task, AnalysisOutput, volume=pre.volume, masks=rois, params=analysis,
                      responses=list(proc.responses) if proc else [])
-        key = pre.volume.meta.get("volume_key")  # the report's figure: every mask of this volume, reference ones first
-        drawn = [m for m in [*pre.masks, *(proc.auto_masks if proc else [])] if m.meta.get("volume_key") == key]
-        fig = step(figure, FigureOutput, volume=pre.volume, masks=drawn)
+        # the report's figure: every mask of this volume, reference ones first
+        fig = step(figure, FigureOutput, volume=pre.volume,
+                   masks=masks_of(pre.volume, [*pre.masks, *(proc.auto_masks if proc else [])]))
     except _Miss:
         return None
     if any(s["state"] != "Cached" for s in steps):

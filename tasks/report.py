@@ -63,6 +63,12 @@ def figure(workspace: str, volume: ArtifactRef, masks: list[ArtifactRef]) -> Fig
                                                                   "modality": volume.meta.get("modality")}))
 
 
+def masks_of(volume: ArtifactRef, masks: list[ArtifactRef]) -> list[ArtifactRef]:
+    """The masks among ``masks`` drawn on ``volume`` (same volume key), in their order: a figure's legend."""
+    key = volume.meta.get("volume_key")
+    return [m for m in masks if m.meta.get("volume_key") == key]
+
+
 @task(name="volume-figures", cache_policy=NO_CACHE, persist_result=False)
 def volume_figures(workspace: str, volumes: list[ArtifactRef], masks: list[ArtifactRef]) -> list[ArtifactRef]:
     """The figure of each volume with its masks (matched by volume key), for a report outside the volume chains.
@@ -72,8 +78,7 @@ def volume_figures(workspace: str, volumes: list[ArtifactRef], masks: list[Artif
     """
     out = []
     for v in volumes:
-        drawn = [m for m in masks if m.meta.get("volume_key") == v.meta.get("volume_key")]
-        fig, _state = cached_step(figure, workspace, FigureOutput, volume=v, masks=drawn)
+        fig, _state = cached_step(figure, workspace, FigureOutput, volume=v, masks=masks_of(v, masks))
         if fig.png is not None:
             out.append(fig.png)
     return out
