@@ -31,17 +31,37 @@ from pydicom.tag import BaseTag
 
 from storage.dicom.guard.common import dictionary_vr
 
-__all__ = ["attr", "numbers", "plain_value", "keyword_tag", "NOT_PLAIN"]
+__all__ = ["attr", "numbers", "plain_value", "keyword_tag", "canonical_tag", "NOT_PLAIN"]
 
 #: :func:`plain_value`'s answer for a value it does not decode itself
 NOT_PLAIN = object()
 
 
+class _Tags(dict):
+    """One ``BaseTag`` per int tag in this process (:func:`canonical_tag`)."""
+
+    def __missing__(self, tag: int) -> BaseTag:
+        if len(self) > 1 << 16:  # private or odd tags without end: bounded
+            self.clear()
+        value = self[tag] = BaseTag(tag)
+        return value
+
+
+#: ``canonical_tag``'s table; ``_TAGS.__getitem__`` is the same function for ``map``
+_TAGS = _Tags()
+#: The one ``BaseTag`` of an int tag this process uses (made on first use). A data set's element dictionary is
+#: keyed by ``BaseTag``, an ``int`` subclass whose equality method is written in Python: a lookup with another
+#: object of the same value calls it (about 0.2 us), a lookup with the very object the dictionary holds does not
+#: (identity is tried first). :mod:`storage.dicom.rawread` keys the data sets it builds with these objects, and
+#: :func:`keyword_tag` answers with them.
+canonical_tag = _TAGS.__getitem__
+
+
 @functools.lru_cache(maxsize=1024)
 def keyword_tag(keyword: str) -> BaseTag | None:
-    """The tag of a DICOM keyword (PS3.6), or None for anything else."""
+    """The tag of a DICOM keyword (PS3.6) as :func:`canonical_tag` gives it, or None for anything else."""
     tag = tag_for_keyword(keyword)
-    return None if tag is None else BaseTag(tag)
+    return None if tag is None else canonical_tag(tag)
 
 
 def plain_value(raw: RawDataElement, tag: int) -> Any:

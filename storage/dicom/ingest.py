@@ -200,7 +200,8 @@ def read_files(paths: list[pathlib.Path], *, limits: GuardLimits | None,
     Compressed files that passed the in-process checks are sample-decoded in bounded
     workers and duplicate SOP Instance UIDs are resolved (:func:`finish_inspections`).
     """
-    results = [read_once(p, limits=limits) for p in paths]
+    with _silenced():  # (once for the files: the reader's own blocks inside then cost nothing)
+        results = [read_once(p, limits=limits) for p in paths]
     rejections = [r.rejection for r in results if r.rejection is not None]
     if limits is not None:
         passed = [r for r in results if r.entry is not None and r.inspection is not None]

@@ -112,7 +112,7 @@ def ensure_transfer_syntax(ds):
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
-    if meta is None or "TransferSyntaxUID" not in meta:
+    if meta is None or 0x00020010 not in meta._dict:  # TransferSyntaxUID (what ``"TransferSyntaxUID" in meta`` tests)
         if meta is None:
             ds.file_meta = meta = FileMetaDataset()
         implicit, little = getattr(ds, "original_encoding", (True, True))

@@ -40,6 +40,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
+from storage.dicom.attrs import canonical_tag
 from storage.dicom.guard.common import ITEM_SIZES, TEXT_VRS, dictionary_vr
 from storage.dicom.guard.fastwalk import CHECK_DS, CHECK_VALUE
 from storage.dicom.rawskip import skip_items
@@ -80,6 +81,10 @@ _CHARSET = 0x00080005
 _HHL = struct.Struct("<HHL")
 _HH2sH = struct.Struct("<HH2sH")
 _L = struct.Struct("<L")
+
+
+#: lengths of the values the table's fast path leaves to element-by-element handling (empty, undefined)
+_SPECIAL_LENGTH = frozenset({0, _UNDEFINED})
 
 
 class _Unusual(Exception):
@@ -141,15 +146,14 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
         value_pos = pos + hlen
         if length == _UNDEFINED or value_pos + length > stop:
             raise _Unusual
-        tag = BaseTag(group << 16 | elem)
+        tag = canonical_tag(group << 16 | elem)
         text = _VR_TEXT[vr]
         elements[tag] = RawDataElement(tag, text, length, data[value_pos:value_pos + length] if length
                                        else _empty(text), value_pos, False, True)
         pos = value_pos + length
     if pos != stop or (pos + 2 <= len(data) and data[pos:pos + 2] == b"\x02\x00"):
         raise _Unusual  # a group length that does not end the group: pydicom reads on by tag
-    meta = FileMetaDataset(elements)  # (a dict: shared, not copied; what dcmread's meta reader builds)
-    meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding="iso8859")
+    meta = _new_meta(elements)  # (a dict: shared, not copied; what dcmread's meta reader builds)
     return meta, stop
 
 
@@ -159,6 +163,87 @@ def _empty(vr: str | None):
     from pydicom.dataelem import empty_value_for_VR
 
     return empty_value_for_VR(vr, raw=True)
+
+
+# --------------------------------------------------------------------------- construction
+
+def _attributes(obj) -> dict:
+    """The instance attributes of a pydicom data set, the element dictionary and the buffer left out."""
+    return {k: v for k, v in vars(obj).items() if k not in ("_dict", "buffer", "file_meta")}
+
+
+@functools.cache
+def _templates() -> tuple[dict, list[str], dict, list[str]] | None:
+    """Instance attributes pydicom's constructors give a read :class:`FileMetaDataset` and :class:`FileDataset`.
+
+    ``Dataset.__init__`` sets a dozen attributes through ``Dataset.__setattr__`` (which first asks whether
+    each name is a DICOM keyword): about a fifth of building a slice's data set. They are the same for every
+    file read here but for the element dictionary, the preamble, the file meta, the buffer and the VR
+    encoding, so they are taken once from instances pydicom builds (mutable values copied per data set) and
+    checked: built by :func:`_new_meta` / :func:`_new_file_dataset`, two data sets of each encoding must carry
+    exactly the attributes pydicom's constructors give them. None (pydicom's constructors are used) when not.
+    """
+    from io import BytesIO
+
+    meta = FileMetaDataset({})
+    meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding="iso8859")
+    fds = FileDataset(BytesIO(b""), {}, b"", meta, True, True)
+    m_tpl, f_tpl = dict(vars(meta)), dict(vars(fds))  # (in pydicom's order: the placeholders are replaced)
+    m_mut = [k for k, v in m_tpl.items() if isinstance(v, dict | list | set) and k != "_dict"]
+    f_mut = [k for k, v in f_tpl.items() if isinstance(v, dict | list | set) and k != "_dict"]
+    found = (m_tpl, m_mut, f_tpl, f_mut)
+    for implicit in (True, False):
+        buf = BytesIO(b"")
+        ref_meta = FileMetaDataset({})
+        ref_meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding="iso8859")
+        ref = FileDataset(buf, {}, b"\0" * 128, ref_meta, implicit, True)
+        new = _new_file_dataset(buf, {}, b"\0" * 128, _new_meta({}, found), implicit, found)
+        if type(new) is not FileDataset or type(new.file_meta) is not FileMetaDataset or \
+                _attributes(new) != _attributes(ref) or _attributes(new.file_meta) != _attributes(ref_meta) or \
+                list(vars(new)) != list(vars(ref)) or list(vars(new.file_meta)) != list(vars(ref_meta)) or \
+                new.buffer is not buf or new._dict is ref._dict:
+            return None
+    return found
+
+
+def _new_meta(elements: dict, templates: tuple | None = None) -> FileMetaDataset:
+    """``FileMetaDataset(elements)`` read as Explicit VR Little Endian (``dcmread``'s file meta), built cheaply."""
+    tpl = templates or _templates()
+    if tpl is None:
+        meta = FileMetaDataset(elements)
+        meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding="iso8859")
+        return meta
+    m_tpl, m_mut = tpl[0], tpl[1]
+    attrs = m_tpl.copy()
+    for k in m_mut:
+        attrs[k] = m_tpl[k].copy()
+    attrs["_dict"] = elements
+    meta = object.__new__(FileMetaDataset)
+    object.__setattr__(meta, "__dict__", attrs)
+    return meta
+
+
+def _new_file_dataset(buffer, elements: dict, preamble: bytes, meta: FileMetaDataset, implicit: bool,
+                      templates: tuple | None = None) -> FileDataset:
+    """``FileDataset(buffer, elements, preamble, meta, implicit, True)``, built cheaply (:func:`_templates`)."""
+    tpl = templates or _templates()
+    if tpl is None:
+        return FileDataset(buffer, elements, preamble, meta, implicit, True)
+    f_tpl, f_mut = tpl[2], tpl[3]
+    attrs = f_tpl.copy()
+    for k in f_mut:
+        attrs[k] = f_tpl[k].copy()
+    attrs["_dict"] = elements
+    attrs["preamble"] = preamble
+    attrs["file_meta"] = meta
+    attrs["_read_implicit"] = implicit
+    if "_is_implicit_VR" in attrs:
+        attrs["_is_implicit_VR"] = implicit
+    attrs["buffer"] = buffer
+    attrs["fileobj_type"] = type(buffer)
+    fds = object.__new__(FileDataset)
+    object.__setattr__(fds, "__dict__", attrs)
+    return fds
 
 
 def dataset_from_bytes(data: bytes, *, top: TopLevel | None = None) -> FileDataset | None:
@@ -233,11 +318,12 @@ def _dataset(data: bytes, top: TopLevel | None = None) -> FileDataset:
         elements, encoding = _elements_from_table(data, top)
         if len(elements) == len(top.tag):  # (a repeated tag: the file-order loop built them)
             keys = list(elements)
-            checks = (len(keys), [k for k, c in zip(keys, top.checks, strict=True) if c & CHECK_VALUE],
-                      [k for k, c in zip(keys, top.checks, strict=True) if c & CHECK_DS])
+            flags = top.checks
+            checks = (len(keys), list(itertools.compress(keys, map(CHECK_VALUE.__and__, flags))),
+                      list(itertools.compress(keys, map(CHECK_DS.__and__, flags))))
     else:
         elements, encoding = _elements(data, pos, end, implicit)
-    fds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)  # (the dict is shared)
+    fds = _new_file_dataset(BytesIO(data), elements, data[:128], meta, implicit)  # (the dict is shared)
     if checks is not None:
         object.__setattr__(fds, VALUE_CHECKS, checks)
     charset = elements.get(_CHARSET)  # type: ignore[call-overload]
@@ -263,9 +349,9 @@ def _elements_from_table(data: bytes, top: TopLevel) -> tuple[dict[BaseTag, RawD
     implicit = top.implicit
     tags, lengths, value_pos = top.tag, top.length, top.value_pos
     n = len(tags)
-    if any(t >> 16 == 0x0002 for t in tags):
+    if n and min(tags) < 0x00030000 and any(t >> 16 == 0x0002 for t in tags):
         raise _Unusual  # File Meta elements in the data set (item tags never reach the table)
-    keys = list(map(BaseTag, tags))
+    keys = list(map(canonical_tag, tags))  # (identical keys: lookups by keyword_tag skip BaseTag.__eq__)
     vrs = [None] * n if implicit else list(map(_VR_BY_CODE.__getitem__, top.vr))
     values = list(map(data.__getitem__, map(slice, value_pos, map(operator.add, value_pos, lengths))))
     elements = dict(zip(keys, map(tuple.__new__, itertools.repeat(RawDataElement), zip(
@@ -273,7 +359,7 @@ def _elements_from_table(data: bytes, top: TopLevel) -> tuple[dict[BaseTag, RawD
         itertools.repeat(True), itertools.repeat(False))), strict=True))
     if len(elements) != n:
         return _elements(data, top.start, top.end, implicit)  # a repeated tag: the file-order loop decides
-    special = [i for i, length in enumerate(lengths) if length == 0 or length == _UNDEFINED]
+    special = list(itertools.compress(range(n), map(_SPECIAL_LENGTH.__contains__, lengths)))
     if special:
         header_pos = top.header_pos
         for i in special:
@@ -297,7 +383,7 @@ def _elements(data: bytes, pos: int, end: int, implicit: bool) -> tuple[dict[Bas
     elements: dict[BaseTag, RawDataElement] = {}
     encoding: str | list[str] = "iso8859"
     unpack_implicit, unpack_explicit, unpack_long = _HHL.unpack_from, _HH2sH.unpack_from, _L.unpack_from
-    vr_text, long_vrs, raw_element, base_tag = _VR_TEXT, _LONG_VRS, RawDataElement, BaseTag
+    vr_text, long_vrs, raw_element, base_tag = _VR_TEXT, _LONG_VRS, RawDataElement, canonical_tag
     vr = None
     while pos < end:
         if pos + 8 > end:
@@ -350,6 +436,19 @@ _DS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_NUM, _NUM))
 _IS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_INT, _INT))
 
 
+def _number_text_check(vr: str, value) -> bool:
+    """A raw DS or IS value pydicom converts without raising (a DS longer than 16 characters only warns
+    in reading validation mode WARN; an IS must fit a signed 32-bit integer)."""
+    if vr == "DS":
+        return _DS.fullmatch(value) is not None
+    return _IS.fullmatch(value) is not None and all(
+        -(2**31) <= int(v) < 2**31 for v in value.split(b"\\") if v.strip())
+
+
+#: :func:`_number_text_check` memoised (a series repeats most of its DS and IS values in every file)
+_number_text_safe = functools.lru_cache(maxsize=1 << 14)(_number_text_check)
+
+
 def _safe(vr: str, raw: RawDataElement, *, sequences_checked: bool) -> bool:
     """True when pydicom's conversion of ``raw`` under ``vr`` cannot raise (False: convert it to find out)."""
     if vr not in _KNOWN_VRS:
@@ -368,11 +467,8 @@ def _safe(vr: str, raw: RawDataElement, *, sequences_checked: bool) -> bool:
         return len(value) % 2 == 0
     if vr == "OB or OW":  # resolved without looking at other elements only in implicit VR (then OW)
         return raw.is_implicit_VR
-    if vr == "DS":  # a value longer than 16 characters only warns (reading validation mode WARN)
-        return _DS.fullmatch(value) is not None
-    if vr == "IS":
-        return _IS.fullmatch(value) is not None and all(
-            -(2**31) <= int(v) < 2**31 for v in value.split(b"\\") if v.strip())
+    if vr == "DS" or vr == "IS":
+        return _number_text_safe(vr, value) if type(value) is bytes else _number_text_check(vr, value)
     if vr == "SQ":
         return sequences_checked
     return False

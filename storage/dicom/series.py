@@ -19,6 +19,7 @@ points). :func:`split_volumes` turns one :class:`SeriesGroup` into
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import defaultdict
@@ -27,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 
 from imaging.geometry import position_along_normal, slice_normal
-from storage.dicom.attrs import attr, numbers
+from storage.dicom.attrs import _DS_NUMBERS, _ds_defaults, attr, keyword_tag, numbers
 from storage.dicom.guard.common import dictionary_vr
 from storage.dicom.model import FileEntry, Rejection, SeriesGroup
 
@@ -125,7 +127,7 @@ def _floats(v, n: int | None = None) -> tuple[float, ...] | None:
         return None
     if n is not None and len(vals) != n:
         return None
-    if not all(np.isfinite(vals)):
+    if not all(map(math.isfinite, vals)):
         return None
     return vals
 
@@ -145,6 +147,7 @@ _NUM_B = rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _DS_RAW_RE = re.compile(rb"[ \x00]*(?:%s)?[ \x00]*(?:\\[ \x00]*(?:%s)?[ \x00]*)*" % (_NUM_B, _NUM_B))
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _ds_raw_ok(raw: bytes) -> bool:
     """:func:`_ds_text_ok` for every part of a raw DS value, in one match for the usual value.
 
@@ -191,6 +194,8 @@ def unreadable_decimal(ds) -> str | None:
     from storage.dicom.rawread import value_checks
 
     only = value_checks(ds, 2)  # the elements the reader recorded as DS, or as possibly DS once converted
+    if only is not None and _raw_decimals_ok(ds._dict, only):
+        return None
     items = list(ds._dict.items()) if only is None else [(t, ds._dict[t]) for t in only]
     for tag, elem in items:  # what ``ds.get_item(tag)`` returns for each tag, without the calls
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
@@ -212,9 +217,53 @@ def unreadable_decimal(ds) -> str | None:
     return None
 
 
+def _raw_decimals_ok(elements: dict, tags: list) -> bool:
+    """True when every DS element among ``tags`` is raw and its bytes are what :func:`_ds_raw_ok` accepts.
+
+    False leaves the answer (and the element to name) to :func:`unreadable_decimal`'s element-by-element check.
+    """
+    values = []
+    for tag in tags:
+        elem = elements[tag]
+        if type(elem) is not RawDataElement:
+            return False
+        vr = elem.VR
+        if vr is None:
+            vr = dictionary_vr(int(tag))
+        if vr != "DS":
+            continue
+        value = elem.value
+        if value is None:
+            if elem.length != 0:
+                return False  # a deferred read
+            continue
+        if type(value) is not bytes:
+            return False
+        values.append(value)
+    return all(map(_ds_raw_ok, values))  # (memoised: a series repeats most of its values in every file)
+
+
 #: plane geometry (PS3.3 C.7.6.2): keyword, tag, number of values
 _PLANE_GEOMETRY = (("ImagePositionPatient", 0x00200032, 3), ("ImageOrientationPatient", 0x00200037, 6),
                    ("PixelSpacing", 0x00280030, 2))
+
+
+def _plane_floats(ds, keyword: str, n: int) -> tuple[float, ...] | None:
+    """``_floats(numbers(ds, keyword), n)``, a well-formed raw value parsed straight from its bytes.
+
+    The fast path takes a raw DS value (explicit, or implicit: these attributes are DS in the dictionary)
+    of decimal numbers without exponent, shorter than 300 bytes (no part can then overflow a double) and
+    read under pydicom's default DS handling: its parts are exactly what :func:`numbers` returns for it.
+    """
+    elem = ds._dict.get(keyword_tag(keyword))
+    if type(elem) is RawDataElement:
+        value = elem.value
+        if type(value) is bytes and value and len(value) < 300 and (elem.VR or "DS") == "DS" \
+                and b"e" not in value and b"E" not in value and _DS_NUMBERS.fullmatch(value) is not None \
+                and _ds_defaults():
+            parts = value.rstrip(b" \x00").split(b"\\")
+            return tuple(map(float, parts)) if len(parts) == n else None
+    return _floats(numbers(ds, keyword), n)
 
 
 def unreadable_geometry(ds) -> str | None:
@@ -223,10 +272,13 @@ def unreadable_geometry(ds) -> str | None:
     finite values. Such a file would otherwise be taken for one *without* geometry and become a 2-D image
     placed at the origin (fuzz seed 7: ImagePositionPatient with VR US or AT, ImageOrientationPatient with VR AT).
     """
-    for name, tag, n in _PLANE_GEOMETRY:
-        elem = ds._dict.get(tag)  # (the VR is all that is read of it: a deferred value need not be loaded)
+    for name, _tag, n in _PLANE_GEOMETRY:
+        elem = ds._dict.get(keyword_tag(name))  # (the VR is all that is read of it: a deferred value need not be loaded)
         if elem is None:
             continue
+        if type(elem) is RawDataElement and (elem.VR or "DS") == "DS" and type(elem.value) is bytes \
+                and elem.value and _plane_floats(ds, name, n) is not None:
+            continue  # n finite decimal numbers (fast path, or what the checks below accept)
         vr = elem.VR or "DS"  # implicit VR, not converted yet: the dictionary's VR
         try:
             value = numbers(ds, name)  # a well-formed raw value is read as floats and left raw
@@ -261,7 +313,42 @@ def _time_key(e: FileEntry) -> tuple[float, float, float, float]:
     return tuple(vals)  # type: ignore[return-value]
 
 
+#: the elements :func:`_split_key` reads (its value is a function of theirs)
+_SPLIT_KEYWORDS = ("ImageOrientationPatient", "PixelSpacing", "ImageType", "EchoNumbers", "DiffusionBValue",
+                   "DiffusionGradientOrientation", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+                   "BitsAllocated")
+_SPLIT_KEYS: dict[tuple, tuple] = {}
+
+
 def _split_key(ds) -> tuple:
+    """The facts that must be equal for slices to stack into one volume (:func:`_split_key_of`), memoised.
+
+    A series repeats these values in every file: when each of the elements is absent or still raw (little
+    endian), the answer is remembered under their VRs and bytes, which decide it (pydicom converts a raw
+    value from them alone: none of these elements is text in a character set). Nothing is remembered for
+    a data set holding one of them converted, or when reading them raises.
+    """
+    elements = ds._dict
+    src = []
+    for keyword in _SPLIT_KEYWORDS:
+        elem = elements.get(keyword_tag(keyword))
+        if elem is None:
+            src.append(None)
+        elif type(elem) is RawDataElement and elem.is_little_endian and type(elem.value) is bytes:
+            src.append((elem.VR, elem.value))
+        else:
+            return _split_key_of(ds)
+    memo = tuple(src)
+    key = _SPLIT_KEYS.get(memo)
+    if key is None:
+        key = _split_key_of(ds)
+        if len(_SPLIT_KEYS) > 4096:
+            _SPLIT_KEYS.clear()
+        _SPLIT_KEYS[memo] = key
+    return key
+
+
+def _split_key_of(ds) -> tuple:
     iop = _floats(numbers(ds, "ImageOrientationPatient"), 6)
     iop_r = tuple(round(v, 4) + 0.0 for v in iop) if iop else None
     ps = _floats(numbers(ds, "PixelSpacing"), 2)
@@ -357,8 +444,8 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
         if frames > 1 and not is_mosaic(ds):
             plans.append(VolumePlan([e], "multiframe", {"image_type": [str(v) for v in (attr(ds, "ImageType") or [])]}))
             continue
-        has_iop = _floats(numbers(ds, "ImageOrientationPatient"), 6) is not None
-        has_ipp = _floats(numbers(ds, "ImagePositionPatient"), 3) is not None
+        has_iop = _plane_floats(ds, "ImageOrientationPatient", 6) is not None
+        has_ipp = _plane_floats(ds, "ImagePositionPatient", 3) is not None
         if has_iop != has_ipp:  # half a plane (the other attribute absent): a 2-D image would invent the other half
             rejections.append(Rejection(e.sha256, "missing_geometry", "ImagePositionPatient without "
                                         "ImageOrientationPatient or the reverse: the plane cannot be placed",
@@ -387,7 +474,7 @@ def split_volumes(group: SeriesGroup) -> tuple[list[VolumePlan], list[Rejection]
 
 
 def _positions(part: list[FileEntry], normal: np.ndarray) -> np.ndarray:
-    ipp = np.array([_floats(numbers(e.dataset, "ImagePositionPatient"), 3) for e in part], dtype=np.float64)
+    ipp = np.array([_plane_floats(e.dataset, "ImagePositionPatient", 3) for e in part], dtype=np.float64)
     return position_along_normal(ipp, normal)
 
 

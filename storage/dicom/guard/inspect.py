@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pathlib
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -82,6 +83,10 @@ def _hash_and_load(path: pathlib.Path, size: int, limits: GuardLimits) -> tuple[
     return h.hexdigest(), data
 
 
+#: a SHA-256 digest as hexdigest() writes it
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: str | None = None,
                  data: bytes | None = None) -> FileInspection:
     """Run every in-process check on one file; never raises for a bad file.
@@ -95,8 +100,7 @@ def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: s
     """
     if not isinstance(limits, GuardLimits):
         raise TypeError(f"limits must be a GuardLimits, got {type(limits).__name__}")
-    if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64
-                                   and all(c in "0123456789abcdef" for c in sha256)):
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256) is not None):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
     p = pathlib.Path(path)
     sha: str | None = sha256
