@@ -16,7 +16,7 @@ import pathlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -128,7 +128,7 @@ def _volume_qc(vol: ConvertedVolume) -> list[dict[str, Any]]:
 
 
 def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: Any, keys: PseudonymKeys,
-                  tag: str, guard_workers: int = 1) -> dict[str, Any]:
+                  tag: str, guard_workers: int = 1, known: dict[str, Any] | None = None) -> dict[str, Any]:
     """Convert one unit's files and write its volumes/masks below ``folder`` (runs in a worker process).
 
     Returns a dict with the PHI-free ``summary`` (volume/mask meta with ``rel``, rejection
@@ -140,7 +140,7 @@ def _convert_unit(paths: list[pathlib.Path], folder: pathlib.Path, *, config: An
                            apply_magnification=config.apply_magnification,
                            seg_fractional_threshold=config.seg_fractional_threshold,
                            rtstruct_slice_tolerance=config.rtstruct_slice_tolerance,
-                           refuse=None if config.allow_burned_in else burned_in_refusal)
+                           refuse=None if config.allow_burned_in else burned_in_refusal, known_digests=known)
     out: dict[str, Any] = {"volumes": [], "masks": [], "rejections": [], "qc": [], "n_files": result.n_files,
                            "series_files": {}}
     by_series: dict[tuple[str, int], str] = {}
@@ -228,13 +228,16 @@ def _collection_deferred() -> Iterator[None]:
 
 
 def _unit_task(paths: list[pathlib.Path], folder: pathlib.Path, cached: bool, config: Any, keys: PseudonymKeys,
-               tag: str) -> dict[str, Any]:
-    """Worker entry: convert a unit into ``folder`` (atomically, with ``unit.json``, when ``cached``)."""
+               tag: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Worker entry: convert a unit into ``folder`` (atomically, with ``unit.json``, when ``cached``).
+
+    ``known``: the digests the source fingerprint took of the unit's files (:func:`storage.dicom.collect_files`).
+    """
     with _collection_deferred():
         if not cached:
-            return _convert_unit(paths, folder, config=config, keys=keys, tag=tag)
+            return _convert_unit(paths, folder, config=config, keys=keys, tag=tag, known=known)
         with atomic_folder(folder) as stage:
-            res = _convert_unit(paths, stage, config=config, keys=keys, tag=tag)
+            res = _convert_unit(paths, stage, config=config, keys=keys, tag=tag, known=known)
             (stage / UNIT_SUMMARY).write_text(canonical_json(res["summary"]))
         return res
 
@@ -284,11 +287,12 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
     n_workers = workers or default_workers()
     if n_workers > 1:  # the worker server starts importing while this process partitions the source
         worker_context()
-    units, unreadable = partition(list(iter_files(source)), patient_token=keys.partition_token)
+    vouched: dict[str, Any] = {}  # digests the fingerprint took: a unit does not hash those files again
+    units, unreadable = partition(list(iter_files(source)), patient_token=keys.partition_token, vouched=vouched)
     if unreadable:
         units.append([(p, "") for p in unreadable])
     out = CollectionSummary()
-    jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]] = []
+    jobs: list[_Job] = []
     done: list[tuple[pathlib.Path | None, dict[str, Any]]] = []
     for files in units:
         digests = sorted(sha for _p, sha in files)
@@ -297,7 +301,8 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
         if unit_salt is None:
             # one unit writes straight into ``folder``; several get a subfolder each, so two units holding parts
             # of one series (conflicting PatientIDs) can never overwrite each other's volume on disk
-            jobs.append((tag, paths, folder if len(units) == 1 else folder / "units" / tag, False))
+            jobs.append(_Job(tag, paths, folder if len(units) == 1 else folder / "units" / tag, False,
+                             _known(paths, vouched)))
             continue
         key = sha256_bytes(canonical_json([unit_salt, digests]).encode())
         unit_folder = ws.artifact_dir(UNIT_STAGE, key)
@@ -306,7 +311,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
             done.append((unit_folder, json.loads(summary_path.read_text())))
             out.units_cached += 1
         else:
-            jobs.append((tag, paths, unit_folder, True))
+            jobs.append(_Job(tag, paths, unit_folder, True, _known(paths, vouched)))
     vault = Vault(workspace, keys)
     store = QuarantineStore(workspace)
     results = _run_units(jobs, config=config, keys=keys, workers=n_workers)
@@ -316,7 +321,7 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
             pairs.setdefault(kind, []).extend(tuple(x) for x in items)
     for kind, items in pairs.items():
         vault.record_many(kind, items)
-    for (tag, _paths, target, cached), res in zip(jobs, results, strict=True):
+    for (tag, _paths, target, cached, _known_digests), res in zip(jobs, results, strict=True):
         for rej in res["quarantine"]:
             store.add(rej, run_id=run_id)
         summary = res["summary"]
@@ -394,7 +399,22 @@ def _resolve_split_series(done: list[tuple[pathlib.Path | None, dict[str, Any]]]
     return out
 
 
-def _run_units(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *, config: Any,
+class _Job(NamedTuple):
+    """One unit to convert: its tag, files, target folder, whether it is a cached artifact, known digests."""
+
+    tag: str
+    paths: list[pathlib.Path]
+    target: pathlib.Path
+    cached: bool
+    known: dict[str, Any]
+
+
+def _known(paths: list[pathlib.Path], vouched: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint's digests of ``paths`` (by ``str(path)``), those it took."""
+    return {key: vouched[key] for key in map(str, paths) if key in vouched}
+
+
+def _run_units(jobs: list[_Job], *, config: Any,
                keys: PseudonymKeys, workers: int) -> list[dict[str, Any]]:
     """Results of ``jobs`` in order: inline for one job or one worker, else in a process pool.
 
@@ -403,14 +423,14 @@ def _run_units(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *
     and Prefect keeps a failed run's exception (soak: 4 pipe fds held per failed ingest).
     """
     if len(jobs) <= 1 or workers == 1:
-        return [_unit_task(paths, target, cached, config, keys, tag) for tag, paths, target, cached in jobs]
+        return [_unit_task(job.paths, job.target, job.cached, config, keys, job.tag, job.known) for job in jobs]
     results, bug = _run_pool(jobs, config=config, keys=keys, workers=workers)
     if bug is not None:
         raise IngestBugError(*bug)
     return results
 
 
-def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *, config: Any,
+def _run_pool(jobs: list[_Job], *, config: Any,
               keys: PseudonymKeys, workers: int) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
     """``(results, None)``, or ``([], IngestBugError fields)`` when the pool or a unit failed as a medflow bug."""
     import concurrent.futures
@@ -428,12 +448,13 @@ def _run_pool(jobs: list[tuple[str, list[pathlib.Path], pathlib.Path, bool]], *,
         futures: list[Any] = [None] * len(jobs)
         try:
             for i in order:
-                tag, paths, target, cached = jobs[i]
-                futures[i] = pool.submit(_unit_task, paths, target, cached, config, keys, tag)
+                job = jobs[i]
+                futures[i] = pool.submit(_unit_task, job.paths, job.target, job.cached, config, keys, job.tag,
+                                         job.known)
         except (OSError, BrokenProcessPool) as exc:
             return [], ("collection workers", "worker start-up", type(exc).__name__)
         results = []
-        for (tag, _paths, _target, _cached), fut in zip(jobs, futures, strict=True):
+        for (tag, _paths, _target, _cached, _known_digests), fut in zip(jobs, futures, strict=True):
             try:
                 results.append(fut.result())
                 continue

@@ -111,3 +111,79 @@ def test_patient_of_a_partial_read_answers_only_when_it_is_sure(shared_data):
     assert pid and patient_of(data[:65536], partial=True) == pid
     # cut inside the header before PatientID: not known from this much, and no pydicom guess either
     assert patient_of(data[:300], partial=True) is None
+
+
+def _sha_calls(monkeypatch) -> list[int]:
+    """Counts the SHA-256 digests the ingest's reader takes of whole files (by their size)."""
+    from storage.dicom import ingest
+
+    calls: list[int] = []
+    real = hashlib.sha256
+
+    class Counting:
+        sha256 = staticmethod(lambda data=b"": calls.append(len(data)) or real(data))
+
+    monkeypatch.setattr(ingest, "hashlib", Counting)
+    return calls
+
+
+def test_the_partition_hands_units_the_fingerprints_digests(shared_data, monkeypatch):
+    """Files the fingerprint hashed are not hashed again by their unit; the digests are the same either way."""
+    from storage.dicom import collect_files
+
+    monkeypatch.setattr(scan, "_DIGESTS", {})
+    paths = sorted(iter_files(shared_data / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom"))
+    cold = collect_files(paths)  # nothing handed over: every file hashed by the reader
+    for p in paths:  # as the fingerprint does
+        scan.file_digest(p, note=peek_patient)
+    vouched: dict = {}
+    units, _ = partition(paths, vouched=vouched)
+    assert set(vouched) == {str(p) for p in paths}
+    assert all(digest == hashlib.sha256(pathlib.Path(k).read_bytes()).hexdigest() for k, (digest, _) in vouched.items())
+    calls = _sha_calls(monkeypatch)
+    warm = collect_files(paths, known_digests=vouched)
+    assert calls == []  # not one file hashed again
+    assert [v.source_sha256s for v in cold.volumes] == [v.source_sha256s for v in warm.volumes] != []
+    assert [r.sha256 for r in cold.rejections] == [r.sha256 for r in warm.rejections]
+    assert all((x.volume == y.volume).all() for x, y in zip(cold.volumes, warm.volumes, strict=True))
+    assert sum(len(u) for u in units) == len(paths)
+
+
+def test_a_file_changed_after_the_fingerprint_is_hashed_again(tmp_path, shared_data, monkeypatch):
+    """Same size, new bytes after the fingerprint: the unit hashes what it read (the handed digest is stale)."""
+    from storage.dicom.ingest import read_once
+    from storage.dicom.scan import file_identity
+
+    src = sorted((shared_data / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom").rglob("*.dcm"))[0]
+    p = tmp_path / "f.dcm"
+    p.write_bytes(src.read_bytes())
+    st = p.stat()
+    stale = (hashlib.sha256(p.read_bytes()).hexdigest(), file_identity(st))
+    calls = _sha_calls(monkeypatch)
+    assert read_once(p, limits=None, known=stale).entry.sha256 == stale[0] and calls == []  # unchanged: taken
+    time.sleep(0.01)  # past the file system's clock tick
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF  # one pixel byte: same size, another file
+    p.write_bytes(bytes(data))
+    assert p.stat().st_size == st.st_size
+    got = read_once(p, limits=None, known=stale)
+    assert calls == [len(data)] and got.entry.sha256 == hashlib.sha256(bytes(data)).hexdigest() != stale[0]
+    other = (stale[0], file_identity(st)[:2] + (st.st_size + 1,) + file_identity(st)[3:])
+    calls.clear()
+    assert read_once(p, limits=None, known=other).entry.sha256 == hashlib.sha256(bytes(data)).hexdigest()
+    assert len(calls) == 1
+
+
+def test_collection_after_the_fingerprint_hashes_no_file_again(shared_data, tmp_path, monkeypatch):
+    from medflow.config import CollectionConfig
+    from storage.collect import collect_into
+    from storage.pseudonym import PseudonymKeys
+    from tasks.collection import source_fingerprint
+
+    keys = PseudonymKeys("source-digests-test-secret-0123456789")
+    src = shared_data / "ibsi_sts_ct_pet_mr_rtstruct" / "dicom"
+    source_fingerprint(src, workspace=tmp_path / "ws", keys=keys)
+    calls = _sha_calls(monkeypatch)
+    out = collect_into(src, tmp_path / "stage", config=CollectionConfig(), keys=keys, workspace=tmp_path / "ws",
+                       unit_salt="s", workers=1)
+    assert calls == [] and len(out.volumes) >= 6 and out.n_files == len(list(iter_files(src)))

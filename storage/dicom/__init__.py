@@ -47,7 +47,9 @@ def collect_files(paths: list[pathlib.Path], *, max_pixel_bytes: int = 2 * 1024*
                    guard_limits: GuardLimits | None = None, guard_workers: int = 2,
                    apply_magnification: bool = True, seg_fractional_threshold: float = 0.5,
                    rtstruct_slice_tolerance: float = 0.1,
-                   refuse: Callable[[Any], str | None] | None = None) -> CollectionResult:
+                   refuse: Callable[[Any], str | None] | None = None,
+                   known_digests: dict[str, tuple[str, tuple[int, int, int, int, int]]] | None = None
+                   ) -> CollectionResult:
     """read once (hash, guard, parse) -> group -> convert images -> rasterise RTSTRUCT / SEG.
 
     Parameters
@@ -72,6 +74,10 @@ def collect_files(paths: list[pathlib.Path], *, max_pixel_bytes: int = 2 * 1024*
         Contours further than this fraction of a slice from a slice centre are counted as
         off-slice in the mask's ``meta`` (still filled on the nearest slice).
 
+    known_digests : dict, optional
+        ``str(path) -> (sha256, identity)`` of files the source fingerprint hashed: a file still
+        with that identity when read is not hashed again (:func:`storage.dicom.ingest.read_once`).
+
     Never raises for a bad file: problems are in ``rejections``.
 
     Raises
@@ -90,7 +96,8 @@ def collect_files(paths: list[pathlib.Path], *, max_pixel_bytes: int = 2 * 1024*
     from storage.dicom.series import group_series
 
     result = CollectionResult()
-    entries, rejections = read_files(list(paths), limits=guard_limits, guard_workers=guard_workers)
+    entries, rejections = read_files(list(paths), limits=guard_limits, guard_workers=guard_workers,
+                                     known=known_digests)
     result.n_files = len(paths)
     result.rejections.extend(rejections)
     # values are converted lazily from here on: pydicom's value warnings can quote values (PHI) and cost time

@@ -33,7 +33,7 @@ from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.guard import FileInspection, GuardLimits, finish_inspections, inspect_file
 from storage.dicom.guard.common import _silenced
 from storage.dicom.model import FileEntry, Rejection
-from storage.dicom.scan import _MEDIA_DIRECTORY, classify, read_header, sha256_file
+from storage.dicom.scan import _MEDIA_DIRECTORY, classify, file_identity, read_header, sha256_file
 
 __all__ = ["ReadResult", "read_once", "read_files", "IN_MEMORY_BYTES"]
 
@@ -81,7 +81,8 @@ def _parse(data: bytes, top=None):
         return ds
 
 
-def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> ReadResult:
+def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None,
+              known: tuple[str, tuple[int, int, int, int, int]] | None = None) -> ReadResult:
     """Read, hash, guard and parse one file (see the module docstring); never raises for a bad file.
 
     Parameters
@@ -90,6 +91,11 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
         Opened read-only.
     limits : GuardLimits or None
         The guard's limits; ``None`` skips the guard (trusted input).
+    known : (str, tuple), optional
+        ``(sha256, identity)`` of the file as the source fingerprint hashed it
+        (:func:`storage.dicom.units.partition`'s ``vouched``): when the open file, after it has been
+        read, still has that identity (:func:`storage.dicom.scan.file_identity`) and the bytes read are
+        all of it, the digest is taken instead of hashing the bytes again; otherwise they are hashed.
 
     Raises
     ------
@@ -104,9 +110,13 @@ def read_once(path: str | os.PathLike[str], *, limits: GuardLimits | None) -> Re
             return _read_streaming(p, size, limits)
         with open(p, "rb") as fh:
             data = fh.read()
+            after = os.fstat(fh.fileno()) if known is not None else None
     except OSError as exc:
         return ReadResult(None, Rejection("", "unreadable_file", "file could not be read", type(exc).__name__))
-    digest = hashlib.sha256(data).hexdigest()
+    if after is not None and after.st_size == len(data) and file_identity(after) == known[1]:
+        digest = known[0]  # the bytes the fingerprint hashed (the file has not changed since)
+    else:
+        digest = hashlib.sha256(data).hexdigest()
     size = len(data)
     insp = None
     if limits is not None:
@@ -192,16 +202,19 @@ def _read_streaming(p: pathlib.Path, size: int, limits: GuardLimits | None) -> R
     return _entry(p, ds, digest, size, insp, full=False)
 
 
-def read_files(paths: list[pathlib.Path], *, limits: GuardLimits | None,
-               guard_workers: int = 2) -> tuple[list[FileEntry], list[Rejection]]:
-    """:func:`read_once` on every file, then the guard's across-file checks.
+def read_files(paths: list[pathlib.Path], *, limits: GuardLimits | None, guard_workers: int = 2,
+               known: dict[str, tuple[str, tuple[int, int, int, int, int]]] | None = None
+               ) -> tuple[list[FileEntry], list[Rejection]]:
+    """:func:`read_once` on every file (``known``: its ``known`` argument by ``str(path)``), then the guard's
+    across-file checks.
 
     Returns the entries to group and convert (in ``paths`` order) and the rejections.
     Compressed files that passed the in-process checks are sample-decoded in bounded
     workers and duplicate SOP Instance UIDs are resolved (:func:`finish_inspections`).
     """
     with _silenced():  # (once for the files: the reader's own blocks inside then cost nothing)
-        results = [read_once(p, limits=limits) for p in paths]
+        get = (known or {}).get
+        results = [read_once(p, limits=limits, known=get(str(p))) for p in paths]
     rejections = [r.rejection for r in results if r.rejection is not None]
     if limits is not None:
         passed = [r for r in results if r.entry is not None and r.inspection is not None]

@@ -21,7 +21,7 @@ from storage.digest_memo import RACY_SECONDS, is_racy
 if TYPE_CHECKING:
     from storage.digest_memo import DigestMemo
 
-__all__ = ["UNREADABLE", "PatientToken", "classify", "file_digest", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
+__all__ = ["UNREADABLE", "PatientToken", "classify", "file_digest", "file_identity", "forget_digests", "is_probably_dicom", "iter_files", "known_digest", "read_header",
            "remember_digest", "scan", "sha256_file", "take_digest"]
 
 # SOP Class UIDs (PS3.4 Annex B.5) of objects that are not images to stack.
@@ -117,6 +117,15 @@ _WHOLE_FILE_BYTES = 64 << 20
 
 def _stat_key(path: str | os.PathLike[str], st: os.stat_result) -> tuple[str, int, int, int, int, int]:
     return (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """``(device, inode, size, mtime_ns, ctime_ns)``: what a remembered digest is remembered under (with the path).
+
+    Writing to a file changes its modification and status-change times (and a file changed too recently to
+    tell is never remembered: :func:`remember_digest`), so an equal identity means the bytes hashed.
+    """
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def file_digest(path: str | os.PathLike[str], *, note: Callable[[bytes], Any] | None = None) -> str:

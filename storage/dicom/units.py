@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable
 
 from storage.dicom.guard.common import _silenced
-from storage.dicom.scan import NOTE_BYTES, PatientToken, sha256_file, take_digest
+from storage.dicom.scan import NOTE_BYTES, PatientToken, file_identity, sha256_file, take_digest
 
 __all__ = ["patient_of", "partition", "peek_patient"]
 
@@ -127,7 +127,8 @@ def _pydicom_patient(data: bytes) -> str | None:
         return None
 
 
-def partition(paths: list[pathlib.Path], *, patient_token: Callable[[str], str] | None = None
+def partition(paths: list[pathlib.Path], *, patient_token: Callable[[str], str] | None = None,
+              vouched: dict[str, tuple[str, tuple[int, int, int, int, int]]] | None = None
               ) -> tuple[list[list[tuple[pathlib.Path, str]]], list[pathlib.Path]]:
     """Group files into units by PatientID, hashing each file on the way.
 
@@ -136,6 +137,12 @@ def partition(paths: list[pathlib.Path], *, patient_token: Callable[[str], str] 
     (equal exactly when the PatientIDs are equal), and a file the memory vouched for, handed over with
     its :class:`~storage.dicom.scan.PatientToken`, is not read at all; without it a handed token is
     ignored and the file's head read, as for any file whose PatientID was not peeked.
+
+    ``vouched``: filled with ``str(path) -> (digest, identity)`` for each file whose digest this process
+    remembered (the fingerprint hashed it, or the workspace's memory vouched for it), ``identity`` being
+    ``(device, inode, size, mtime_ns, ctime_ns)`` of the stat it is remembered under: the unit that reads
+    the file takes that digest instead of hashing it again while the file still has that identity
+    (:func:`storage.dicom.ingest.read_once`).
 
     Returns
     -------
@@ -152,6 +159,8 @@ def partition(paths: list[pathlib.Path], *, patient_token: Callable[[str], str] 
         try:
             st = p.stat()
             digest, pid = take_digest(p, st) or (None, None)  # hashed (and peeked) moments ago by the fingerprint
+            if digest is not None and vouched is not None:
+                vouched[str(p)] = (digest, file_identity(st))
             if isinstance(pid, PatientToken):
                 if patient_token is not None:
                     groups.setdefault(pid, []).append((p, digest))  # type: ignore[arg-type]
