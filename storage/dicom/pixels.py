@@ -14,12 +14,13 @@ NumberOfFrames x BitsAllocated / 8``, padded to even length).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import numpy as np
 
-from storage.dicom.attrs import attr
+from storage.dicom.attrs import attr, canonical_tag
 from storage.dicom.guard.common import (
     _PIXEL_TAGS,  # Pixel Data, Float and Double Float Pixel Data, in that order
 )
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXEL_BYTES = 2 * 1024**3
+#: :data:`_PIXEL_TAGS` as the element dictionaries' own keys (:func:`storage.dicom.attrs.canonical_tag`)
+_PIXEL_KEYS = tuple(map(canonical_tag, _PIXEL_TAGS))
 
 
 class PixelDataError(Exception):
@@ -66,9 +69,10 @@ def expected_pixel_bytes(ds) -> int:
     spp = max(1, _int(ds, "SamplesPerPixel", 1))
     frames = max(1, _int(ds, "NumberOfFrames", 1))
     bits = _int(ds, "BitsAllocated", 0)
-    if "FloatPixelData" in ds:
+    elements = ds._dict  # (what ``"FloatPixelData" in ds`` tests, without pydicom's keyword lookup)
+    if 0x7FE00008 in elements:  # FloatPixelData
         bits = 32
-    elif "DoubleFloatPixelData" in ds:
+    elif 0x7FE00009 in elements:  # DoubleFloatPixelData
         bits = 64
     pixels = rows * cols * frames
     if str(attr(ds, "PhotometricInterpretation", "")).upper() == "YBR_FULL_422" and spp == 3:
@@ -81,11 +85,19 @@ def expected_pixel_bytes(ds) -> int:
 
 
 def _transfer_syntax(ds):
-    from pydicom.uid import UID, ImplicitVRLittleEndian
+    from pydicom.uid import ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
     ts = attr(meta, "TransferSyntaxUID") if meta is not None else None
-    return UID(str(ts)) if ts else ImplicitVRLittleEndian
+    return _uid(str(ts)) if ts else ImplicitVRLittleEndian
+
+
+@functools.lru_cache(maxsize=256)
+def _uid(text: str):
+    """``pydicom.uid.UID(text)``, made once per distinct text (every file of a series names the same syntax)."""
+    from pydicom.uid import UID
+
+    return UID(text)
 
 
 def read_full(path: str | os.PathLike[str], *, defer_size: str | int | None = "1 KB"):
@@ -125,7 +137,7 @@ def ensure_transfer_syntax(ds):
 
 def _raw_pixel_length(ds) -> int | None:
     """Declared length of the Pixel Data element without loading it (None when unknown/undefined)."""
-    for tag in _PIXEL_TAGS:
+    for tag in _PIXEL_KEYS:
         if tag in ds._dict:
             elem = ds.get_item(tag)
             length = getattr(elem, "length", None)
@@ -156,7 +168,7 @@ def check_pixel_data(ds, *, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> i
     if max_pixel_bytes <= 0:
         raise ValueError(f"max_pixel_bytes must be > 0, got {max_pixel_bytes!r}")
     elements = ds._dict  # membership by tag (a BaseTag hashes as its int): what ``tag in ds`` tests
-    if not any(t in elements for t in _PIXEL_TAGS):
+    if not any(t in elements for t in _PIXEL_KEYS):
         raise PixelDataError("missing_required_attribute", "the object holds no Pixel Data element")
     rows, cols, bits = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "BitsAllocated")
     if 0x7FE00008 not in elements and 0x7FE00009 not in elements:  # FloatPixelData, DoubleFloatPixelData

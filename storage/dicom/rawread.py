@@ -334,10 +334,19 @@ def _dataset(data: bytes, top: TopLevel | None = None) -> FileDataset:
 
 
 def _charset_encoding(value: bytes | None) -> str | list[str]:
+    """pydicom's Python encodings for a raw Specific Character Set value (a copy: the caller may keep it)."""
+    encodings = _charset_encodings(bytes(value or b""))
+    return encodings if isinstance(encodings, str) else list(encodings)
+
+
+@functools.lru_cache(maxsize=256)
+def _charset_encodings(value: bytes) -> str | tuple[str, ...]:
+    """Memoised :func:`_charset_encoding` (a cohort names a handful of character sets in every file)."""
     from pydicom.charset import convert_encodings
     from pydicom.values import convert_string
 
-    return convert_encodings(convert_string(value or b"", True))
+    encodings = convert_encodings(convert_string(value, True))
+    return encodings if isinstance(encodings, str) else tuple(encodings)
 
 
 def _elements_from_table(data: bytes, top: TopLevel) -> tuple[dict[BaseTag, RawDataElement], str | list[str]]:

@@ -14,7 +14,7 @@ from imaging.geometry import (
     position_along_normal,
     slice_spacing_stats,
 )
-from storage.dicom.attrs import numbers
+from storage.dicom.attrs import attr, numbers
 from storage.dicom.bugs import file_handle, raise_if_bug
 from storage.dicom.model import FileEntry, Rejection
 from storage.dicom.pixels import (
@@ -23,7 +23,7 @@ from storage.dicom.pixels import (
     decode_frames,
     read_full,
 )
-from storage.dicom.series import _floats, _num, _s
+from storage.dicom.series import _floats, _num, _plane_floats, _s
 
 PetUnits = Literal["as_stored", "suvbw"]
 
@@ -46,7 +46,7 @@ def _reject(entry: FileEntry | None, reason: str, detail: str, exc: BaseExceptio
 
 
 def _seq_item(ds, name: str):
-    seq = ds.get(name)
+    seq = attr(ds, name)  # (``ds.get(name)``, cheaper)
     if seq is None:
         return None
     try:
@@ -248,8 +248,8 @@ def _single_slices(entries: list[FileEntry], rejections: list[Rejection]) -> lis
         if ds is None:
             continue
         slope, inter, _ = _rescale_of(ds)
-        out.append(_Slice(e, ds, 0, np.array(_floats(numbers(ds, "ImagePositionPatient"), 3)),
-                          _floats(numbers(ds, "ImageOrientationPatient"), 6), _valid_ps(numbers(ds, "PixelSpacing")),
+        out.append(_Slice(e, ds, 0, np.array(_plane_floats(ds, "ImagePositionPatient", 3)),
+                          _plane_floats(ds, "ImageOrientationPatient", 6), _valid_ps(numbers(ds, "PixelSpacing")),
                           slope, inter))
     return out
 
