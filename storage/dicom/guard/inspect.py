@@ -102,7 +102,7 @@ def inspect_file(path: str | os.PathLike[str], *, limits: GuardLimits, sha256: s
         raise TypeError(f"limits must be a GuardLimits, got {type(limits).__name__}")
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256) is not None):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
-    p = pathlib.Path(path)
+    p = path if isinstance(path, pathlib.Path) else pathlib.Path(path)
     sha: str | None = sha256
     size = 0
     if data is not None and sha is None:
