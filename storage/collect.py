@@ -321,7 +321,8 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
             pairs.setdefault(kind, []).extend(tuple(x) for x in items)
     for kind, items in pairs.items():
         vault.record_many(kind, items)
-    for (tag, _paths, target, cached, _known_digests), res in zip(jobs, results, strict=True):
+    for job, res in zip(jobs, results, strict=True):
+        target, cached = job.target, job.cached
         for rej in res["quarantine"]:
             store.add(rej, run_id=run_id)
         summary = res["summary"]
@@ -331,7 +332,6 @@ def collect_into(source: str | pathlib.Path, folder: pathlib.Path, *, config: An
                        "masks": [{**m, "rel": f"{prefix}/{m['rel']}"} for m in summary["masks"]]}
         done.append((target if cached else None, summary))
         out.units_converted += 1
-        del tag
     for base, summary in _resolve_split_series(done, store=store, run_id=run_id):
         out.n_files += int(summary["n_files"])
         out.volumes.extend(CollectedVolume(rel=v["rel"], meta=v["meta"], base=base) for v in summary["volumes"])
@@ -454,7 +454,7 @@ def _run_pool(jobs: list[_Job], *, config: Any,
         except (OSError, BrokenProcessPool) as exc:
             return [], ("collection workers", "worker start-up", type(exc).__name__)
         results = []
-        for (tag, _paths, _target, _cached, _known_digests), fut in zip(jobs, futures, strict=True):
+        for tag, fut in zip((job.tag for job in jobs), futures, strict=True):
             try:
                 results.append(fut.result())
                 continue

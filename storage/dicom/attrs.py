@@ -31,7 +31,7 @@ from pydicom.tag import BaseTag
 
 from storage.dicom.guard.common import dictionary_vr
 
-__all__ = ["attr", "numbers", "plain_value", "keyword_tag", "canonical_tag", "NOT_PLAIN"]
+__all__ = ["attr", "numbers", "decimal_parts", "plain_value", "keyword_tag", "canonical_tag", "NOT_PLAIN"]
 
 #: :func:`plain_value`'s answer for a value it does not decode itself
 NOT_PLAIN = object()
@@ -132,22 +132,34 @@ def _ds_defaults() -> bool:
         config.settings.reading_validation_mode != config.RAISE
 
 
+def decimal_parts(ds: Any, tag: BaseTag) -> list[bytes] | None:
+    """The parts of a top-level raw DS value of ``ds`` that is one or more decimal numbers, else None.
+
+    The bytes :func:`numbers` reads without converting the element: a value still raw, DS (explicit, or
+    the dictionary's VR), every backslash-separated part a decimal number, pydicom at its DS defaults.
+    None for anything else (absent, converted, another VR, empty or malformed, numpy/Decimal DS values).
+    """
+    elem = ds._dict.get(tag)
+    if isinstance(elem, RawDataElement):
+        value = elem.value
+        if isinstance(value, bytes) and value and (elem.VR or dictionary_vr(int(tag))) == "DS" \
+                and _DS_NUMBERS.fullmatch(value) is not None and _ds_defaults():
+            return value.rstrip(b" \x00").split(b"\\")
+    return None
+
+
 def numbers(ds: Any, keyword: str, default: Any = None) -> Any:
     """``attr(ds, keyword, default)`` for a value that is used only as numbers.
 
     A top-level DS element still in its raw form whose every part is a decimal number is read
-    from its bytes: one ``float`` for one value, a tuple of floats for several, equal to
-    ``float(v)`` of each ``DSfloat`` pydicom's conversion gives (pydicom decodes, strips, splits on
+    from its bytes (:func:`decimal_parts`): one ``float`` for one value, a tuple of floats for several,
+    equal to ``float(v)`` of each ``DSfloat`` pydicom's conversion gives (pydicom decodes, strips, splits on
     backslashes and calls ``float`` on each part: the same correctly rounded parse). The element
     is left raw. Anything else (another VR, an empty or malformed value, pydicom configured to
     return numpy or Decimal values or to raise on long values) is :func:`attr`'s value.
     """
     tag = keyword_tag(keyword)
-    elem = None if tag is None else ds._dict.get(tag)
-    if isinstance(elem, RawDataElement):
-        value = elem.value
-        if isinstance(value, bytes) and value and (elem.VR or dictionary_vr(int(tag))) == "DS" \
-                and _DS_NUMBERS.fullmatch(value) is not None and _ds_defaults():
-            parts = value.rstrip(b" \x00").split(b"\\")
-            return float(parts[0]) if len(parts) == 1 else tuple(float(p) for p in parts)
+    parts = None if tag is None else decimal_parts(ds, tag)
+    if parts is not None:
+        return float(parts[0]) if len(parts) == 1 else tuple(float(p) for p in parts)
     return attr(ds, keyword, default)

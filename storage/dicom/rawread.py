@@ -83,10 +83,6 @@ _HH2sH = struct.Struct("<HH2sH")
 _L = struct.Struct("<L")
 
 
-#: lengths of the values the table's fast path leaves to element-by-element handling (empty, undefined)
-_SPECIAL_LENGTH = frozenset({0, _UNDEFINED})
-
-
 class _Unusual(Exception):
     """Internal: the bytes are not in the layout this module handles (the caller uses pydicom)."""
 
@@ -168,7 +164,7 @@ def _empty(vr: str | None):
 # --------------------------------------------------------------------------- construction
 
 def _attributes(obj) -> dict:
-    """The instance attributes of a pydicom data set, the element dictionary and the buffer left out."""
+    """The instance attributes of a pydicom data set, the element dictionary, buffer and file meta left out."""
     return {k: v for k, v in vars(obj).items() if k not in ("_dict", "buffer", "file_meta")}
 
 
@@ -180,8 +176,8 @@ def _templates() -> tuple[dict, list[str], dict, list[str]] | None:
     each name is a DICOM keyword): about a fifth of building a slice's data set. They are the same for every
     file read here but for the element dictionary, the preamble, the file meta, the buffer and the VR
     encoding, so they are taken once from instances pydicom builds (mutable values copied per data set) and
-    checked: built by :func:`_new_meta` / :func:`_new_file_dataset`, two data sets of each encoding must carry
-    exactly the attributes pydicom's constructors give them. None (pydicom's constructors are used) when not.
+    checked: built by :func:`_new_meta` / :func:`_new_file_dataset`, a data set of each encoding must carry
+    exactly the attributes (in the same order) pydicom's constructors give it. None (pydicom's constructors are used) when not.
     """
     from io import BytesIO
 
@@ -368,7 +364,7 @@ def _elements_from_table(data: bytes, top: TopLevel) -> tuple[dict[BaseTag, RawD
         itertools.repeat(True), itertools.repeat(False))), strict=True))
     if len(elements) != n:
         return _elements(data, top.start, top.end, implicit)  # a repeated tag: the file-order loop decides
-    special = list(itertools.compress(range(n), map(_SPECIAL_LENGTH.__contains__, lengths)))
+    special = [i for i, length in enumerate(lengths) if length == 0 or length == _UNDEFINED]
     if special:
         header_pos = top.header_pos
         for i in special:

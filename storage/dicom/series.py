@@ -31,7 +31,7 @@ import numpy as np
 from pydicom.dataelem import RawDataElement
 
 from imaging.geometry import position_along_normal, slice_normal
-from storage.dicom.attrs import _DS_NUMBERS, _ds_defaults, attr, keyword_tag, numbers
+from storage.dicom.attrs import attr, decimal_parts, keyword_tag, numbers
 from storage.dicom.guard.common import dictionary_vr
 from storage.dicom.model import FileEntry, Rejection, SeriesGroup
 
@@ -194,8 +194,6 @@ def unreadable_decimal(ds) -> str | None:
     from storage.dicom.rawread import value_checks
 
     only = value_checks(ds, 2)  # the elements the reader recorded as DS, or as possibly DS once converted
-    if only is not None and _raw_decimals_ok(ds._dict, only):
-        return None
     items = list(ds._dict.items()) if only is None else [(t, ds._dict[t]) for t in only]
     for tag, elem in items:  # what ``ds.get_item(tag)`` returns for each tag, without the calls
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
@@ -217,53 +215,20 @@ def unreadable_decimal(ds) -> str | None:
     return None
 
 
-def _raw_decimals_ok(elements: dict, tags: list) -> bool:
-    """True when every DS element among ``tags`` is raw and its bytes are what :func:`_ds_raw_ok` accepts.
-
-    False leaves the answer (and the element to name) to :func:`unreadable_decimal`'s element-by-element check.
-    """
-    values = []
-    for tag in tags:
-        elem = elements[tag]
-        if type(elem) is not RawDataElement:
-            return False
-        vr = elem.VR
-        if vr is None:
-            vr = dictionary_vr(int(tag))
-        if vr != "DS":
-            continue
-        value = elem.value
-        if value is None:
-            if elem.length != 0:
-                return False  # a deferred read
-            continue
-        if type(value) is not bytes:
-            return False
-        values.append(value)
-    return all(map(_ds_raw_ok, values))  # (memoised: a series repeats most of its values in every file)
-
-
-#: plane geometry (PS3.3 C.7.6.2): keyword, tag, number of values
-_PLANE_GEOMETRY = (("ImagePositionPatient", 0x00200032, 3), ("ImageOrientationPatient", 0x00200037, 6),
-                   ("PixelSpacing", 0x00280030, 2))
+#: plane geometry (PS3.3 C.7.6.2): keyword, number of values
+_PLANE_GEOMETRY = (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2))
 
 
 def _plane_floats(ds, keyword: str, n: int) -> tuple[float, ...] | None:
-    """``_floats(numbers(ds, keyword), n)``, a well-formed raw value parsed straight from its bytes.
-
-    The fast path takes a raw DS value (explicit, or implicit: these attributes are DS in the dictionary)
-    of decimal numbers without exponent, shorter than 300 bytes (no part can then overflow a double) and
-    read under pydicom's default DS handling: its parts are exactly what :func:`numbers` returns for it.
-    """
-    elem = ds._dict.get(keyword_tag(keyword))
-    if type(elem) is RawDataElement:
-        value = elem.value
-        if type(value) is bytes and value and len(value) < 300 and (elem.VR or "DS") == "DS" \
-                and b"e" not in value and b"E" not in value and _DS_NUMBERS.fullmatch(value) is not None \
-                and _ds_defaults():
-            parts = value.rstrip(b" \x00").split(b"\\")
-            return tuple(map(float, parts)) if len(parts) == n else None
-    return _floats(numbers(ds, keyword), n)
+    """``_floats(numbers(ds, keyword), n)``, a raw value's parts (:func:`~storage.dicom.attrs.decimal_parts`)
+    parsed here without the single-value and sequence handling :func:`_floats` does for any value."""
+    parts = decimal_parts(ds, keyword_tag(keyword))
+    if parts is None:
+        return _floats(numbers(ds, keyword), n)
+    if len(parts) != n:
+        return None
+    vals = tuple(map(float, parts))
+    return vals if all(map(math.isfinite, vals)) else None
 
 
 def unreadable_geometry(ds) -> str | None:
@@ -272,7 +237,7 @@ def unreadable_geometry(ds) -> str | None:
     finite values. Such a file would otherwise be taken for one *without* geometry and become a 2-D image
     placed at the origin (fuzz seed 7: ImagePositionPatient with VR US or AT, ImageOrientationPatient with VR AT).
     """
-    for name, _tag, n in _PLANE_GEOMETRY:
+    for name, n in _PLANE_GEOMETRY:
         elem = ds._dict.get(keyword_tag(name))  # (the VR is all that is read of it: a deferred value need not be loaded)
         if elem is None:
             continue
